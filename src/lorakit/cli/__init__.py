@@ -1,0 +1,1 @@
+"""The `lorakit` command: thin wrappers over the packages."""
