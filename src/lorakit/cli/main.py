@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from lorakit import __version__
 from lorakit.errors import LorakitError
+
+# lorakit never downloads: make every Hugging Face library fail fast instead of reaching for
+# the hub, and keep transformers' optional-backend chatter (torchvision) off the terminal.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 # Modules under lorakit.cli that expose `register(subparsers)`.
 COMMAND_MODULES = (
