@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lorakit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `lorakit … | head` closed the pipe: not an error, and no traceback on exit.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def _scan_folder(
     others = [
         p
         for p in files
-        if not is_image_file(p) and not (p.suffix == caption_ext and p.stem in stems)
+        if not is_image_file(p)
+        and not (p.suffix.lower() == caption_ext.lower() and p.stem in stems)
     ]
     return records, others
 

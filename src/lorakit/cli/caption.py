@@ -1,0 +1,127 @@
+"""`lorakit caption`: tag or caption a dataset folder with a local model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from lorakit.captioning.base import Captioner
+from lorakit.captioning.blip import GenerationSettings, TransformersCaptioner, locate_captioner
+from lorakit.captioning.prefix import CaptionStyle
+from lorakit.captioning.wd14 import TagThresholds, WD14Tagger, locate_tagger
+from lorakit.captioning.write import (
+    DEFAULT_EXT,
+    ExistingCaptions,
+    frequency_table,
+    plan_captions,
+    run_captions,
+)
+
+_EXISTING_HELP = {
+    ExistingCaptions.OVERWRITE: "replace existing captions",
+    ExistingCaptions.APPEND: "keep existing captions and add the new tags after them",
+    ExistingCaptions.SKIP: "leave images that have a caption alone",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "caption",
+        help="caption images with a local WD14 tagger or BLIP-style captioner",
+        description=(
+            "Write one caption file per image, next to it, with a local model "
+            "(nothing is downloaded). Example: lorakit caption run/img --tagger ~/models/wd14 "
+            '--prefix "qz7, woman" --undesired "nose, lips, 1girl"'
+        ),
+    )
+    parser.add_argument("dir", help="dataset folder (flat, img/ with N_name/ subfolders, or run)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--tagger", metavar="PATH", help="WD14 folder: model.onnx + selected_tags.csv"
+    )
+    model.add_argument(
+        "--captioner", metavar="PATH", help="transformers folder of a BLIP-style captioner"
+    )
+    parser.add_argument("--prefix", default="", help='put first, once: "TRIGGER, CLASS"')
+    parser.add_argument("--undesired", default="", help='tags to drop: "nose, lips, 1girl"')
+    tagger = parser.add_argument_group("tagger options")
+    tagger.add_argument(
+        "--general-threshold",
+        type=float,
+        default=TagThresholds.general,
+        help="minimum probability of a general tag (default %(default)s)",
+    )
+    tagger.add_argument(
+        "--character-threshold",
+        type=float,
+        default=TagThresholds.character,
+        help="minimum probability of a character tag (default %(default)s)",
+    )
+    tagger.add_argument(
+        "--include-ratings", action="store_true", help="add the most likely rating tag"
+    )
+    captioner = parser.add_argument_group("captioner options")
+    captioner.add_argument(
+        "--beams", type=int, default=GenerationSettings.beams, help="default %(default)s"
+    )
+    captioner.add_argument(
+        "--min-length",
+        type=int,
+        default=GenerationSettings.min_length,
+        help="in tokens (default %(default)s)",
+    )
+    captioner.add_argument(
+        "--max-length",
+        type=int,
+        default=GenerationSettings.max_length,
+        help="in tokens (default %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
+    parser.add_argument(
+        "--ext", default=DEFAULT_EXT, help="caption extension (default .txt, as the trainer)"
+    )
+    existing = parser.add_mutually_exclusive_group()
+    for mode, text in _EXISTING_HELP.items():
+        existing.add_argument(
+            f"--{mode.value}", dest="existing", action="store_const", const=mode, help=text
+        )
+    parser.set_defaults(func=run, existing=None)
+
+
+def _load_model(args: argparse.Namespace) -> Captioner:
+    if args.tagger:
+        thresholds = TagThresholds(
+            general=args.general_threshold,
+            character=args.character_threshold,
+            include_ratings=args.include_ratings,
+        )
+        return WD14Tagger(args.tagger, thresholds)
+    settings = GenerationSettings(
+        beams=args.beams, min_length=args.min_length, max_length=args.max_length
+    )
+    return TransformersCaptioner(args.captioner, settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Check the model files before scanning and loading so a typo fails in a second.
+    if args.tagger:
+        locate_tagger(args.tagger)
+    else:
+        locate_captioner(args.captioner)
+    plan = plan_captions(Path(args.dir), ext=args.ext, existing=args.existing)
+    console = Console()
+    if not plan.jobs:
+        console.print(f"nothing to caption: all {len(plan.skipped)} images already have captions")
+        return 0
+    captioner = _load_model(args)
+    style = CaptionStyle.from_text(prefix=args.prefix, undesired=args.undesired)
+    result = run_captions(plan, captioner, style, batch_size=args.batch_size)
+    if result.frequencies:
+        console.print(frequency_table(result.frequencies, len(result.written)))
+    console.print(
+        f"wrote {len(result.written)} captions"
+        + (f", skipped {len(result.skipped)} already captioned" if result.skipped else "")
+    )
+    return 0

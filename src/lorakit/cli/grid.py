@@ -1,0 +1,97 @@
+"""`lorakit grid RUN_DIR`: the epoch × weight comparison grid and loss.png of a run."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+from lorakit.cli.generate import add_sampling_arguments
+from lorakit.errors import LorakitError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write numbers like 0,0.4,0.8,1") from None
+
+
+def _values(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "grid",
+        help="compare epochs × LoRA weights in one labelled image",
+        description="Render a grid: LoRA files (a run's epochs, or --lora files) as columns, "
+        "weights as rows, one seed for all cells; --search-replace adds stacked blocks. "
+        "Also writes loss.png from the run's summary.json.",
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="training output folder")
+    parser.add_argument("--model", type=Path, help="base model (default: the run's base model)")
+    parser.add_argument("--prompt", help="prompt (default: the run's trigger word)")
+    parser.add_argument("--lora", action="append", default=[], type=Path, help="LoRA file column")
+    parser.add_argument("--epochs", type=_floats, help="only these epochs, e.g. 4,6,8")
+    parser.add_argument(
+        "--weights", type=_floats, default=[0.0, 0.4, 0.6, 0.8, 1.0], help="rows, e.g. 0,0.5,1"
+    )
+    parser.add_argument("--search-replace", type=_values, default=[], help='e.g. "red,blue,green"')
+    parser.add_argument("--seed", type=int, help="seed for every cell (default: random)")
+    parser.add_argument("--out", type=Path, help="grid PNG (default: RUN_DIR/grid.png)")
+    parser.add_argument("--loss-only", action="store_true", help="only write loss.png")
+    add_sampling_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _columns(args: argparse.Namespace, summary: dict[str, Any]) -> list[Any]:
+    from lorakit.inference.grid import GridColumn
+    from lorakit.inference.run import epoch_files
+
+    if args.lora:
+        missing = [str(path) for path in args.lora if not path.is_file()]
+        if missing:
+            raise LorakitError(f"LoRA file {missing[0]} does not exist; check the --lora path")
+        return [GridColumn(path.stem, path) for path in args.lora]
+    files = epoch_files(args.run_dir, summary)
+    if args.epochs:
+        files = [item for item in files if item.epoch in set(args.epochs)]
+    return [GridColumn(item.label, item.path) for item in files]
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorakit.inference.generate import load_for_inference
+    from lorakit.inference.grid import GridSpec, make_grid
+    from lorakit.inference.lossplot import plot_loss
+    from lorakit.inference.run import load_summary
+
+    if args.run_dir is None and not (args.lora and args.model):
+        raise LorakitError("give a RUN_DIR, or --model BASE with --lora FILE for each column")
+    summary = load_summary(args.run_dir) if args.run_dir is not None else {}
+    if summary:
+        print(plot_loss(summary, args.run_dir / "loss.png"))
+    if args.loss_only:
+        return 0
+    prompt = args.prompt or summary.get("trigger")
+    model = args.model or summary.get("base_model")
+    if not prompt or not model:
+        raise LorakitError("the run names no trigger or base model; pass --prompt and --model")
+    spec = GridSpec(
+        prompt=prompt,
+        columns=_columns(args, summary),
+        weights=args.weights,
+        search_replace=args.search_replace,
+        negative=args.negative,
+        seed=args.seed if args.seed is not None else random.randrange(2**32),
+        sampler=args.sampler,
+        steps=args.steps,
+        cfg=args.cfg,
+        width=args.width,
+        height=args.height,
+    )
+    out = args.out or (args.run_dir or Path(".")) / "grid.png"
+    base = load_for_inference(model, args.device)
+    print(make_grid(base, spec, out))
+    return 0

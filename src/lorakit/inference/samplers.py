@@ -1,0 +1,92 @@
+"""A1111 sampler names mapped to diffusers schedulers.
+
+Users copy settings from A1111 infotexts and guides ("DPM++ 2M Karras", "Euler a"), so
+lorakit accepts those names and builds the matching diffusers scheduler from the base
+model's own noise-schedule config (betas, prediction type, timestep spacing), which keeps
+v-prediction and custom schedules intact.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from lorakit.errors import LorakitError
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A diffusers scheduler class plus the config overrides that make it an A1111 sampler."""
+
+    scheduler: type[SchedulerMixin]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+_KARRAS = {"use_karras_sigmas": True}
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler a": SamplerSpec(EulerAncestralDiscreteScheduler),
+    "Euler": SamplerSpec(EulerDiscreteScheduler),
+    "LMS": SamplerSpec(LMSDiscreteScheduler),
+    "LMS Karras": SamplerSpec(LMSDiscreteScheduler, _KARRAS),
+    "Heun": SamplerSpec(HeunDiscreteScheduler),
+    "DPM2": SamplerSpec(KDPM2DiscreteScheduler),
+    "DPM2 Karras": SamplerSpec(KDPM2DiscreteScheduler, _KARRAS),
+    "DPM2 a": SamplerSpec(KDPM2AncestralDiscreteScheduler),
+    "DPM2 a Karras": SamplerSpec(KDPM2AncestralDiscreteScheduler, _KARRAS),
+    "DPM++ 2M": SamplerSpec(DPMSolverMultistepScheduler),
+    "DPM++ 2M Karras": SamplerSpec(DPMSolverMultistepScheduler, _KARRAS),
+    "DPM++ 2M SDE": SamplerSpec(DPMSolverMultistepScheduler, _SDE),
+    "DPM++ 2M SDE Karras": SamplerSpec(DPMSolverMultistepScheduler, {**_SDE, **_KARRAS}),
+    "DPM++ 3M SDE": SamplerSpec(DPMSolverMultistepScheduler, {**_SDE, "solver_order": 3}),
+    "DPM++ 3M SDE Karras": SamplerSpec(
+        DPMSolverMultistepScheduler, {**_SDE, **_KARRAS, "solver_order": 3}
+    ),
+    "DPM++ 2S a": SamplerSpec(DPMSolverSinglestepScheduler),
+    "DPM++ 2S a Karras": SamplerSpec(DPMSolverSinglestepScheduler, _KARRAS),
+    "DPM++ SDE": SamplerSpec(DPMSolverSDEScheduler),
+    "DPM++ SDE Karras": SamplerSpec(DPMSolverSDEScheduler, _KARRAS),
+    "DDIM": SamplerSpec(DDIMScheduler),
+    "PLMS": SamplerSpec(PNDMScheduler),
+    "UniPC": SamplerSpec(UniPCMultistepScheduler),
+}
+
+_BY_LOWER = {name.lower(): name for name in SAMPLERS}
+
+
+def canonical_sampler_name(name: str) -> str:
+    """The A1111 spelling of `name` (matched case-insensitively); error lists valid names."""
+    key = " ".join(name.split()).lower()
+    if key not in _BY_LOWER:
+        valid = ", ".join(SAMPLERS)
+        raise LorakitError(f"unknown sampler {name!r}; use one of: {valid}")
+    return _BY_LOWER[key]
+
+
+def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> SchedulerMixin:
+    """Build the scheduler for A1111 sampler `name` from a base model's scheduler config."""
+    spec = SAMPLERS[canonical_sampler_name(name)]
+    if spec.scheduler is DPMSolverSDEScheduler and importlib.util.find_spec("torchsde") is None:
+        raise LorakitError(
+            f"sampler {name!r} needs the torchsde package; install it with "
+            "`pip install torchsde` or pick another sampler such as 'DPM++ 2M SDE Karras'"
+        )
+    return spec.scheduler.from_config(scheduler_config, **spec.overrides)

@@ -1,0 +1,189 @@
+"""Sample images during training, from a prompt file in kohya sd-scripts' syntax.
+
+One prompt per line, options after ` --`: `--n` negative, `--w`/`--h` size, `--s` steps,
+`--d` seed, `--l` CFG scale, `--ss` sampler; `#` lines are comments. Guides paste lines
+such as `photo --w 512--h 512--s 35 --n blurry`, so an option may follow a number with no
+space. A prompt without `--d` gets a fixed seed: the same noise every epoch is what makes
+samples comparable from epoch to epoch (and lets `lorakit pick` see them stop changing).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lorakit.errors import LorakitError
+from lorakit.inference.generate import GenerateOptions, model_identity, render
+from lorakit.inference.metadata import GenerationInfo, save_png
+from lorakit.inference.samplers import canonical_sampler_name
+from lorakit.models.base import BaseModel
+
+# sd-scripts' sampler names, so its prompt files and `--sample_sampler` values still work.
+SD_SCRIPTS_SAMPLERS = {
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "lms": "LMS",
+    "k_lms": "LMS",
+    "euler": "Euler",
+    "k_euler": "Euler",
+    "euler_a": "Euler a",
+    "k_euler_a": "Euler a",
+    "heun": "Heun",
+    "dpm_2": "DPM2",
+    "k_dpm_2": "DPM2",
+    "dpm_2_a": "DPM2 a",
+    "k_dpm_2_a": "DPM2 a",
+    "dpmsolver": "DPM++ 2M",
+    "dpmsolver++": "DPM++ 2M",
+    "dpmsingle": "DPM++ 2S a",
+}
+DEFAULT_SEED = 42
+_OPTION = re.compile(r"\s*--(?=(?:ss|n|w|h|s|d|l)\s)")
+
+
+@dataclass
+class SamplePrompt:
+    """One sample image to render; defaults follow sd-scripts."""
+
+    prompt: str
+    negative: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    seed: int | None = None
+    cfg: float = 7.0
+    sampler: str = "Euler a"
+
+
+def sampler_name(name: str) -> str:
+    """An A1111 or sd-scripts sampler name, as lorakit's A1111 spelling."""
+    return SD_SCRIPTS_SAMPLERS.get(name.strip().lower()) or canonical_sampler_name(name)
+
+
+def _apply_option(sample: SamplePrompt, key: str, value: str) -> None:
+    fields = {"w": "width", "h": "height", "s": "steps", "d": "seed"}
+    if key == "n":
+        sample.negative = value
+    elif key == "l":
+        sample.cfg = float(value)
+    elif key == "ss":
+        sample.sampler = sampler_name(value)
+    else:
+        setattr(sample, fields[key], int(value))
+
+
+def parse_prompt_line(line: str, where: str = "prompt") -> SamplePrompt:
+    """One sd-scripts prompt line; a malformed option is a one-line error naming `where`."""
+    prompt, *options = _OPTION.split(line.strip())
+    sample = SamplePrompt(prompt=prompt.strip())
+    for option in options:
+        key, _, value = option.partition(" ")
+        try:
+            _apply_option(sample, key, value.strip())
+        except ValueError:
+            raise LorakitError(
+                f"{where}: option --{key} has a bad value {value.strip()!r}; "
+                "write e.g. --w 512 --s 20 --l 7.5"
+            ) from None
+    if not sample.prompt:
+        raise LorakitError(f"{where}: the line has options but no prompt text")
+    return sample
+
+
+def parse_prompt_file(path: Path) -> list[SamplePrompt]:
+    """All prompts of an sd-scripts prompt file (blank and `#` lines skipped)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LorakitError(f"cannot read sample prompt file {path}: {exc}") from None
+    prompts = [
+        parse_prompt_line(line, f"{path}:{number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not prompts:
+        raise LorakitError(f"sample prompt file {path} has no prompts; write one prompt per line")
+    return prompts
+
+
+@contextmanager
+def eval_mode(base: BaseModel) -> Iterator[None]:
+    """Put every module in eval mode and restore each one's own train/eval flag afterwards.
+
+    Restoring per submodule keeps whatever mix the trainer set (a frozen text encoder in
+    eval beside LoRA layers in train mode).
+    """
+    roots = [base.unet, base.vae, *base.text_encoders]
+    saved = [(module, module.training) for root in roots for module in root.modules()]
+    try:
+        for root in roots:
+            root.eval()
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def sample_file_name(name: str, epoch: int, step: int, index: int) -> str:
+    """`<name>_e000002_s000040_00.png`: sortable by epoch, then step, then prompt."""
+    return f"{name}_e{epoch:06d}_s{step:06d}_{index:02d}.png"
+
+
+def _sample_info(base: BaseModel, sample: SamplePrompt, seed: int) -> GenerationInfo:
+    model, model_hash = model_identity(base)
+    return GenerationInfo(
+        prompt=sample.prompt,
+        negative=sample.negative,
+        steps=sample.steps,
+        sampler=sampler_name(sample.sampler),
+        cfg=sample.cfg,
+        seed=seed,
+        width=sample.width,
+        height=sample.height,
+        model_hash=model_hash,
+        model=model,
+    )
+
+
+def generate_samples(
+    base: BaseModel,
+    prompts: Sequence[SamplePrompt],
+    out_dir: Path,
+    *,
+    step: int,
+    epoch: int,
+    device: torch.device | str = "cpu",
+    name: str = "sample",
+) -> list[Path]:
+    """Render `prompts` with the LoRA networks now injected into `base`; return the PNGs.
+
+    Training state is left as found: module train/eval flags are restored and the global
+    RNG is forked, so sampling does not change the training run's random stream.
+    """
+    device = torch.device(device)
+    low_precision = device.type == "cuda" and base.unet.dtype != torch.float32
+    rng_devices = [device] if device.type == "cuda" else []
+    paths: list[Path] = []
+    with torch.random.fork_rng(devices=rng_devices), eval_mode(base):
+        for index, sample in enumerate(prompts):
+            seed = sample.seed if sample.seed is not None else DEFAULT_SEED + index
+            options = GenerateOptions(
+                prompt=sample.prompt,
+                negative=sample.negative,
+                sampler=sampler_name(sample.sampler),
+                steps=sample.steps,
+                cfg=sample.cfg,
+                width=sample.width,
+                height=sample.height,
+            )
+            with torch.autocast(device.type, dtype=base.unet.dtype, enabled=low_precision):
+                image = render(base, options, seed)[0]
+            path = Path(out_dir) / sample_file_name(name, epoch, step, index)
+            paths.append(save_png(image, path, _sample_info(base, sample, seed)))
+    return paths

@@ -1,0 +1,134 @@
+"""Conversion between kohya-format LoRAs and the diffusers/peft format.
+
+diffusers' own format keys each layer by its module path (`unet.<path>.lora_A.weight`,
+`text_encoder.<path>.lora_B.weight`) and keeps alpha in an optional JSON metadata entry.
+lorakit writes alpha folded into `lora_B` (so alpha = rank and any peft loader applies the
+same scale with or without that metadata) and reads alpha back from the metadata when a
+file carries it. Both directions resolve module names through the family's real module
+tree, so SDXL's LDM spelling is handled exactly as when training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from lorakit.errors import LorakitError
+from lorakit.models import BaseModel, ModelFamily, empty_base_model
+from lorakit.network.detect import detect_lora_family, is_kohya_format
+from lorakit.network.files import load_lora_file, module_dims, save_lora_file
+from lorakit.network.lora import config_from_dims
+from lorakit.network.metadata import lora_metadata
+from lorakit.network.naming import Site, site_index, text_sites, unet_sites
+
+_DIFFUSERS_SUFFIXES = {
+    ".lora_A.weight": "down",
+    ".lora_B.weight": "up",
+    ".lora.down.weight": "down",
+    ".lora.up.weight": "up",
+}
+
+
+def all_sites(base: BaseModel) -> list[Site]:
+    """Every Linear/Conv2d of the UNet and text encoders: what A1111/ComfyUI can patch."""
+    sites = text_sites(base.text_encoders, everything=True)
+    return sites + unet_sites(base.unet, ldm_names=base.family is ModelFamily.SDXL, everything=True)
+
+
+@lru_cache(maxsize=2)
+def family_sites(family: ModelFamily) -> tuple[Site, ...]:
+    """`all_sites` of the full-size `family` architecture, built on the meta device."""
+    return tuple(all_sites(empty_base_model(family)))
+
+
+def _diffusers_key(site: Site) -> str:
+    return f"{site.part}.{site.path}"
+
+
+def _strip_text_level(module_key: str) -> str:
+    """transformers 4 and 5 paths of the same CLIP layer compare equal."""
+    return module_key.replace(".text_model.", ".", 1)
+
+
+def kohya_to_diffusers(
+    state: Mapping[str, torch.Tensor], family: ModelFamily, source: str = "LoRA"
+) -> dict[str, torch.Tensor]:
+    """diffusers/peft-format tensors of a kohya LoRA (alpha folded into lora_B)."""
+    index = site_index(family_sites(family))
+    out: dict[str, torch.Tensor] = {}
+    for name, dims in module_dims(state, source).items():
+        site = index.get(name)
+        if site is None:
+            raise LorakitError(f"{source}: module {name} is not part of {family.value}; check the file")
+        down = state[f"{name}.lora_down.weight"]
+        up = state[f"{name}.lora_up.weight"]
+        out[f"{_diffusers_key(site)}.lora_A.weight"] = down
+        out[f"{_diffusers_key(site)}.lora_B.weight"] = (up.float() * (dims.alpha / dims.rank)).to(up.dtype)
+    return out
+
+
+def _adapter_alpha(metadata: Mapping[str, str], part: str, path: str, rank: int) -> float:
+    """Alpha of one module from diffusers' `lora_adapter_metadata` (peft config); else rank."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return float(rank)
+    config = json.loads(raw)
+    for pattern, alpha in (config.get(f"{part}.alpha_pattern") or {}).items():
+        plain = pattern.lstrip("^")
+        if path == plain or path.endswith(f".{plain}") or re.fullmatch(pattern, path):
+            return float(alpha)
+    alpha = config.get(f"{part}.lora_alpha")
+    return float(alpha) if alpha else float(rank)
+
+
+def diffusers_to_kohya(
+    state: Mapping[str, torch.Tensor],
+    family: ModelFamily,
+    metadata: Mapping[str, str] | None = None,
+    source: str = "LoRA",
+) -> dict[str, torch.Tensor]:
+    """kohya-format tensors (sd-scripts names, alpha per module) of a diffusers/peft LoRA."""
+    metadata = metadata or {}
+    by_key = {_strip_text_level(_diffusers_key(site)): site for site in family_sites(family)}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        suffix = next((s for s in _DIFFUSERS_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            raise LorakitError(f"{source}: key {key} is not a diffusers LoRA weight; check the file")
+        pairs.setdefault(key[: -len(suffix)], {})[_DIFFUSERS_SUFFIXES[suffix]] = value
+    out: dict[str, torch.Tensor] = {}
+    for module_key, pair in pairs.items():
+        site = by_key.get(_strip_text_level(module_key))
+        if site is None or set(pair) != {"down", "up"}:
+            raise LorakitError(f"{source}: {module_key} has no {family.value} layer or lacks A/B")
+        rank = int(pair["down"].shape[0])
+        alpha = _adapter_alpha(metadata, site.part, site.path, rank)
+        out[f"{site.name}.lora_down.weight"] = pair["down"]
+        out[f"{site.name}.lora_up.weight"] = pair["up"]
+        out[f"{site.name}.alpha"] = torch.tensor(alpha, dtype=pair["down"].dtype)
+    return out
+
+
+def convert_file(
+    source: str | Path, target: str | Path, to: str, family: ModelFamily | str | None = None
+) -> Path:
+    """Convert a LoRA file to `to` ("kohya" or "diffusers") and write it atomically."""
+    state, metadata = load_lora_file(source)
+    family = ModelFamily(family) if family else detect_lora_family(state, metadata, str(source))
+    kohya = is_kohya_format(state)
+    if to == "kohya":
+        out = state if kohya else diffusers_to_kohya(state, family, metadata, str(source))
+        meta = lora_metadata(family, config_from_dims(module_dims(out, str(source))))
+        meta.update({k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec."))})
+        return save_lora_file(target, out, meta)
+    if to == "diffusers":
+        out = kohya_to_diffusers(state, family, str(source)) if kohya else dict(state)
+        keep = ("ss_", "modelspec.", "lora_adapter_metadata")
+        meta = {k: v for k, v in metadata.items() if k.startswith(keep)}
+        return save_lora_file(target, out, meta)
+    raise LorakitError(f"conversion target {to!r} unknown; use --to kohya or --to diffusers")

@@ -1,0 +1,152 @@
+"""Prove a LoRA file loads where users use it, and list every key that would be ignored.
+
+Two independent loaders: diffusers' own `load_lora_weights` (its kohya converter and peft
+injection) into a pipeline of the base, and the key mapping A1111/ComfyUI apply (a key
+is used only if its module name is a layer of the base, in either SDXL spelling, with
+matching shapes). A key either loader drops is how users get "lora key not loaded".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorakit.models import BaseModel, ModelFamily, empty_base_model
+from lorakit.network.convert import all_sites, diffusers_to_kohya, family_sites
+from lorakit.network.detect import detect_lora_family, is_kohya_format
+from lorakit.network.files import SUFFIXES, load_lora_file, split_key
+from lorakit.network.naming import Site, site_index
+
+ADAPTER = "lorakit_verify"
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    family: ModelFamily
+    base: str
+    modules: int
+    keymap_ignored: list[str] = field(default_factory=list)
+    diffusers_ignored: list[str] = field(default_factory=list)
+    diffusers_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.keymap_ignored or self.diffusers_ignored or self.diffusers_errors)
+
+
+def _expected_shapes(layer: nn.Module, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if isinstance(layer, nn.Conv2d):
+        return (rank, layer.in_channels, *layer.kernel_size), (layer.out_channels, rank, 1, 1)
+    assert isinstance(layer, nn.Linear)
+    return (rank, layer.in_features), (layer.out_features, rank)
+
+
+def _fits(site: Site, suffix: str, tensor: torch.Tensor, rank: int) -> bool:
+    if suffix == ".alpha":
+        return tensor.numel() == 1
+    down, up = _expected_shapes(site.layer, rank)
+    want = down if suffix == ".lora_down.weight" else up
+    shape = tuple(tensor.shape)
+    # A 1×1 conv accepts 2-D weights too (A1111 and ComfyUI reshape them).
+    return shape == want or (len(want) == 4 and want[2:] == (1, 1) and shape == want[:2])
+
+
+def keymap_ignored(state: Mapping[str, torch.Tensor], sites: Sequence[Site]) -> list[str]:
+    """Keys that an A1111/ComfyUI-style name → layer mapping would not apply."""
+    index = site_index(sites)
+    ranks = {split_key(k)[0]: int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_down.weight")}
+    ignored = []
+    for key, tensor in state.items():
+        name, suffix = split_key(key)
+        site = index.get(name)
+        rank = ranks.get(name)
+        if site is None or suffix not in SUFFIXES or rank is None or not _fits(site, suffix, tensor, rank):
+            ignored.append(key)
+    return ignored
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().strip().splitlines()[0])
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[_Collect]:
+    """Collect diffusers' warnings (they name dropped keys); silence transformers' reports."""
+    collect = _Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+    saved = [(lg.propagate, lg.level, list(lg.handlers)) for lg in loggers]
+    for lg in loggers:
+        lg.handlers, lg.propagate = [], False
+    loggers[0].addHandler(collect)
+    loggers[0].setLevel(logging.WARNING)
+    loggers[1].setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield collect
+    finally:
+        for lg, (propagate, level, handlers) in zip(loggers, saved, strict=True):
+            lg.propagate, lg.handlers = propagate, handlers
+            lg.setLevel(level)
+
+
+def diffusers_ignored(
+    state: Mapping[str, torch.Tensor], base: BaseModel, sites: Sequence[Site]
+) -> tuple[list[str], list[str]]:
+    """(module names diffusers did not apply, its error/warning lines) for a kohya `state`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    index = site_index(sites)
+    names = sorted({split_key(key)[0] for key in state})
+    pipe = base.pipeline()
+    with _quiet_libraries() as collect:
+        try:
+            pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
+        except Exception as exc:
+            return names, [f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
+        parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+        parts["text_encoder_2"] = getattr(pipe, "text_encoder_2", None)
+        missing = []
+        for name in names:
+            site = index.get(name)
+            model = parts.get(site.part) if site else None
+            module = model.get_submodule(site.path) if model is not None and site else None
+            if not (isinstance(module, BaseTunerLayer) and ADAPTER in module.lora_A):
+                missing.append(name)
+        pipe.unload_lora_weights()
+    errors = [line for line in collect.messages if "unsuccessful" in line or "unexpected" in line]
+    return missing, errors
+
+
+def verify_lora(
+    path: str | Path, base: BaseModel | None = None, family: ModelFamily | str | None = None
+) -> VerifyReport:
+    """Check a LoRA file against `base` (or the full-size architecture of its family)."""
+    path = Path(path)
+    state, metadata = load_lora_file(path)
+    if base is not None:
+        family = base.family
+    family = ModelFamily(family) if family else detect_lora_family(state, metadata, str(path))
+    if not is_kohya_format(state):
+        state = diffusers_to_kohya(state, family, metadata, str(path))
+    if base is None:
+        base, label, sites = empty_base_model(family), f"{family.value} (empty)", list(family_sites(family))
+    else:
+        label, sites = str(base.source), all_sites(base)
+    report = VerifyReport(path, family, label, len({split_key(k)[0] for k in state}))
+    report.keymap_ignored = keymap_ignored(state, sites)
+    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(state, base, all_sites(base))
+    return report

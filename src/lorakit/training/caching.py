@@ -1,0 +1,122 @@
+"""Latents and text-encoder outputs computed once instead of every step.
+
+How the augmentations combine with cached latents:
+- `flip_aug`: both orientations are encoded and cached; each step picks the one its
+  `SampleKey` drew, so flipping costs one extra VAE pass per image, not one per step.
+- `color_aug`: the jitter changes pixels every step, so latents cannot be cached; the
+  VAE encodes each batch live (`cache_latents` is ignored, and the plan says so).
+- Text-encoder outputs are cached only while no text encoder is trained and captions are
+  fixed strings (`shuffle_caption` off); caption dropout just adds the empty caption.
+
+Disk caches live in `<output_dir>/cache/`, keyed by image path, size, mtime, bucket, flip
+and VAE identity, so a changed image or model never reuses a stale latent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+
+from lorakit.fileio import atomic_path
+from lorakit.models import BaseModel
+from lorakit.training.data import TrainItem, load_pixels
+from lorakit.training.text import encode
+
+LatentKey = tuple[int, bool]
+
+
+@torch.no_grad()
+def encode_latents(base: BaseModel, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents scaled for the U-Net; the distribution's mean keeps caching deterministic."""
+    vae = base.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    latents = dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+def _disk_name(item: TrainItem, flip: bool, vae_id: str) -> str:
+    stat = item.path.stat()
+    raw = f"{item.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{item.bucket}|{flip}|{vae_id}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32] + ".safetensors"
+
+
+class LatentCache:
+    """Latents per (item index, flipped): in memory, in safetensors files, or ("none")
+    encoded live on every request (the only way colour augmentation can work)."""
+
+    def __init__(self, base: BaseModel, items: Sequence[TrainItem], mode: str, folder: Path):
+        self.base, self.items, self.mode, self.folder = base, items, mode, folder
+        self.memory: dict[LatentKey, torch.Tensor] = {}
+        self.vae_id = f"{base.source}|{base.vae.config.scaling_factor}"
+
+    def _path(self, key: LatentKey) -> Path:
+        return self.folder / _disk_name(self.items[key[0]], key[1], self.vae_id)
+
+    def _encode(self, key: LatentKey, color_seed: int | None = None) -> torch.Tensor:
+        pixels = load_pixels(self.items[key[0]], key[1], color_seed).unsqueeze(0)
+        return encode_latents(self.base, pixels)[0]
+
+    def fill(self, keys: Iterable[LatentKey], progress: Progress | None = None) -> None:
+        """Encode every key not cached yet (with a progress bar: this is the slow part)."""
+        if self.mode == "none":
+            return
+        todo = [k for k in dict.fromkeys(keys) if not self._has(k)]
+        task = progress.add_task("caching latents", total=len(todo)) if progress else None
+        for key in todo:
+            self._put(key, self._encode(key).cpu())
+            if progress is not None and task is not None:
+                progress.advance(task)
+        if progress is not None and task is not None:
+            progress.remove_task(task)
+
+    def _has(self, key: LatentKey) -> bool:
+        return key in self.memory if self.mode == "memory" else self._path(key).is_file()
+
+    def _put(self, key: LatentKey, latent: torch.Tensor) -> None:
+        if self.mode == "memory":
+            self.memory[key] = latent
+            return
+        with atomic_path(self._path(key)) as tmp:
+            save_file({"latent": latent.contiguous()}, str(tmp))
+
+    def get(self, key: LatentKey, color_seed: int | None = None) -> torch.Tensor:
+        if self.mode == "none":
+            return self._encode(key, color_seed)
+        if self.mode == "memory":
+            return self.memory[key]
+        return load_file(str(self._path(key)))["latent"]
+
+
+class TextCache:
+    """Encoder outputs per caption string, computed lazily without gradients."""
+
+    def __init__(self, encode_fn: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]]):
+        self.encode_fn = encode_fn
+        self.store: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    @torch.no_grad()
+    def get(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.store]
+        if missing:
+            hidden, pooled = self.encode_fn(missing)
+            for i, caption in enumerate(missing):
+                self.store[caption] = (hidden[i], None if pooled is None else pooled[i])
+        rows = [self.store[c] for c in captions]
+        hidden = torch.stack([r[0] for r in rows])
+        pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return hidden, pooled
+
+
+def text_encoder(base: BaseModel, clip_skip: int, device: torch.device):
+    """A caption-list encoder bound to this model, clip skip and device."""
+
+    def run(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return encode(base, captions, clip_skip, device)
+
+    return run

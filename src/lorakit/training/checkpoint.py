@@ -1,0 +1,143 @@
+"""The run folder: epoch files, the last file, `state/` for exact resume, `summary.json`.
+
+Every file is written atomically, so a run killed at any moment (even SIGKILL) leaves
+only complete files behind: LoRA files via `LoRANetwork.save`, the state folder by
+writing a fresh folder and swapping it in, JSON and TOML via `lorakit.fileio`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write_text
+
+SUMMARY = "summary.json"
+STATE = "state"
+
+
+def epoch_file(out: Path, name: str, epoch: int) -> Path:
+    return out / f"{name}-{epoch:06d}.safetensors"
+
+
+def step_file(out: Path, name: str, step: int) -> Path:
+    return out / f"{name}-step{step:08d}.safetensors"
+
+
+def last_file(out: Path, name: str) -> Path:
+    return out / f"{name}.safetensors"
+
+
+def prune(out: Path, name: str, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest `keep_last` epoch files and step files; returns the deleted."""
+    if keep_last is None:
+        return []
+    removed = []
+    for pattern in (
+        rf"{re.escape(name)}-(\d{{6}})\.safetensors",
+        rf"{re.escape(name)}-step(\d{{8}})\.safetensors",
+    ):
+        found = sorted(
+            (int(m.group(1)), p) for p in out.iterdir() if (m := re.fullmatch(pattern, p.name))
+        )
+        for _, path in found[:-keep_last]:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class LoRAState:
+    """Adapter so accelerate's `save_state` stores the LoRA weights in full precision."""
+
+    def __init__(self, network: Any):
+        self.network = network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.network.kohya_state_dict(dtype=torch.float32)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.network.load_kohya_state_dict(state, strict=True)
+
+
+class Progress:
+    """Counters that must survive a resume: epoch, step, and the per-epoch loss sums."""
+
+    def __init__(self) -> None:
+        self.epoch = 1
+        self.step = 0
+        self.epoch_batches = 0
+        self.loss_sum = 0.0
+        self.loss_count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def save_state(accelerator: Any, out: Path) -> Path:
+    """Write `out/state` via accelerate (optimizer, scheduler, RNG, LoRA, counters).
+
+    The new state goes to a hidden sibling folder first and replaces the old one by
+    rename, so a crash mid-save keeps the previous complete state.
+    """
+    target = out / STATE
+    fresh, old = out / ".state-new", out / ".state-old"
+    shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.save_state(str(fresh))
+    if accelerator.is_main_process:
+        (fresh / "complete").write_text("ok\n")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        fresh.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def check_state(path: Path) -> Path:
+    if not (path / "complete").is_file():
+        raise LorakitError(
+            f"{path}: not a complete lorakit state folder; pass the run's state/ folder"
+        )
+    return path
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    path = out / SUMMARY
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise LorakitError(f"{path}: not valid JSON; delete it to start a new summary") from None
+
+
+def record_epoch(out: Path, header: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace one epoch in `summary.json`, keeping keys other tools added."""
+    summary = read_summary(out)
+    summary.update(header)
+    epochs = [e for e in summary.get("epochs", []) if e.get("epoch") != entry["epoch"]]
+    epochs.append(entry)
+    epochs.sort(key=lambda e: e["epoch"])
+    summary["epochs"] = epochs
+    summary["best_epoch"] = best_epoch(epochs)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def best_epoch(epochs: list[dict[str, Any]]) -> int | None:
+    """Lowest validation loss among epochs that were saved (train loss without validation)."""
+    saved = [e for e in epochs if e.get("file")] or epochs
+    key = "val_loss" if all(e.get("val_loss") is not None for e in saved) else "train_loss"
+    scored = [e for e in saved if e.get(key) is not None]
+    return min(scored, key=lambda e: e[key])["epoch"] if scored else None

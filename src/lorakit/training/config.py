@@ -1,0 +1,295 @@
+"""The typed training config: one TOML file, nested sections, defaults that follow the guides.
+
+Why pydantic with `extra="forbid"`: the guides' users copy settings between tools, and a
+misspelt key (``unet_lr`` as ``unet_Lr``) must fail loudly with the closest valid name instead
+of training silently with the default. Every error becomes one `LorakitError` line naming the
+file, the key and the fix.
+
+Defaults follow the guides: rank 32 / alpha 16 (guide 003 "start with rank 32", alpha half the
+rank), U-Net LR 1e-4 and text-encoder LR 5e-5 (guides 000/003), AdamW8bit with a cosine
+schedule (guides 000/001), batch 1, fp16, cached latents, 10 epochs saving every epoch
+(guide 001), captions from ``.txt``. `resolution = None` means the family's native size
+(512 for SD1.5, 1024 for SDXL).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write_text
+
+OptimizerName = Literal["adamw", "adamw8bit", "adafactor", "prodigy", "dadaptadam", "lion"]
+SchedulerName = Literal[
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "adafactor",
+]
+Precision = Literal["no", "fp16", "bf16"]
+SavePrecision = Literal["fp32", "fp16", "bf16"]
+
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = ""
+    family: Literal["sd15", "sdxl"] | None = None
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Frozen-weight dtype; "auto" follows `training.mixed_precision`."""
+
+
+class DatasetSection(Section):
+    path: str | list[str] = ""
+    caption_ext: str = ".txt"
+    resolution: int | None = Field(default=None, ge=64)
+    enable_buckets: bool = True
+    bucket_min: int = Field(default=256, ge=64)
+    bucket_max: int = Field(default=2048, ge=64)
+    bucket_step: int = Field(default=64, ge=8)
+    repeats: int | None = Field(default=None, ge=1)
+    """Overrides the `N_` folder repeats (and the 1 of a flat folder) when set."""
+    flip_aug: bool = False
+    color_aug: bool = False
+    shuffle_caption: bool = False
+    keep_tokens: int = Field(default=0, ge=0)
+    caption_dropout: float = Field(default=0.0, ge=0.0, le=1.0)
+    trigger: str = ""
+    reg_path: str | None = None
+    prior_loss_weight: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("caption_ext")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        return value if value.startswith(".") else f".{value}"
+
+
+class NetworkSection(Section):
+    rank: int = Field(default=32, ge=1)
+    alpha: float = Field(default=16.0, gt=0.0)
+    conv_rank: int | None = Field(default=None, ge=1)
+    conv_alpha: float | None = Field(default=None, gt=0.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weights: str | None = None
+    """A LoRA file to continue from (guide 000's fix for an undertrained LoRA)."""
+
+
+class OptimizerSection(Section):
+    name: OptimizerName = "adamw8bit"
+    unet_lr: float = Field(default=1e-4, ge=0.0)
+    text_encoder_lr: float | list[float] = 5e-5
+    """One LR for every text encoder, or [TE1, TE2] for SDXL; 0 freezes the encoder."""
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower().replace("_", "") if isinstance(value, str) else value
+
+    @field_validator("text_encoder_lr")
+    @classmethod
+    def _te_lr(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not 1 <= len(values) <= 2 or any(v < 0 for v in values):
+            raise ValueError("give one learning rate >= 0 or two ([te1, te2])")
+        return value
+
+
+class SchedulerSection(Section):
+    name: SchedulerName = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    num_cycles: int = Field(default=1, ge=1)
+    power: float = Field(default=1.0, gt=0.0)
+
+
+class TrainingSection(Section):
+    epochs: int = Field(default=10, ge=1)
+    max_train_steps: int | None = Field(default=None, ge=1)
+    """When set, training stops after this many optimizer steps (epochs follow from it)."""
+    batch_size: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    mixed_precision: Precision = "fp16"
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    cache_latents: Literal["memory", "disk", "none"] = "memory"
+    cache_text_encoder: bool = True
+    """Cache text-encoder outputs when no text encoder is trained (and captions are fixed)."""
+    clip_skip: int = Field(default=1, ge=1)
+    noise_offset: float = Field(default=0.0, ge=0.0)
+    min_snr_gamma: float | None = Field(default=None, gt=0.0)
+    prediction: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    log_every_n_steps: int = Field(default=10, ge=1)
+    """How often the loss is read back from the device (each read is a host sync)."""
+
+
+class SavingSection(Section):
+    output_dir: str = "output"
+    name: str = "lora"
+    save_every_n_epochs: int | None = Field(default=1, ge=1)
+    save_every_n_steps: int | None = Field(default=None, ge=1)
+    keep_last: int | None = Field(default=None, ge=1)
+    save_precision: SavePrecision = "fp16"
+    save_state: bool = True
+
+
+class SamplingSection(Section):
+    prompts: str | None = None
+    every_n_steps: int | None = Field(default=None, ge=1)
+    every_n_epochs: int | None = Field(default=1, ge=1)
+
+
+class ValidationSection(Section):
+    enabled: bool = True
+    split: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Fraction of images held out; 0 validates on all training images."""
+    seed: int = 1234
+    timesteps: int = Field(default=4, ge=1)
+    """Fixed timesteps per image, spread evenly over the schedule."""
+
+
+class TrainConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    saving: SavingSection = Field(default_factory=SavingSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+
+    def dataset_paths(self) -> list[Path]:
+        paths = self.dataset.path
+        return [Path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+
+    def text_encoder_lrs(self, count: int) -> list[float]:
+        """One LR per text encoder (a single value applies to all)."""
+        value = self.optimizer.text_encoder_lr
+        values = value if isinstance(value, list) else [value]
+        return values * count if len(values) == 1 else values[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for TOML (None values dropped: TOML has no null, defaults restore them)."""
+        return _drop_none(self.model_dump(mode="json"))
+
+
+def _drop_none(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    return data
+
+
+def _section_fields(loc: Sequence[Any]) -> list[str]:
+    """Valid key names at the config location `loc` (the parent of the bad key)."""
+    model: Any = TrainConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+        if not issubclass(model, BaseModel):
+            return []
+    return list(model.model_fields)
+
+
+def _explain(error: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = _section_fields(error["loc"][:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
+        options = f"valid keys: {', '.join(valid)}" if valid else ""
+        return f"unknown key '{where}'; {hint or options}".rstrip("; ")
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """Validate `data` into a `TrainConfig`; the first problem becomes a one-line error."""
+    try:
+        return TrainConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        tail = f" (+{more} more)" if more else ""
+        raise LorakitError(f"{source}: {_explain(first)}{tail}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LorakitError(f"{path}: config file not found; check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LorakitError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value); the value is a TOML literal, else a plain string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise LorakitError(f"--set {item!r}: write it as section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [p.strip() for p in key.strip().split(".")], value
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge nested dicts; values of `override` win."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` items to nested config data."""
+    out = dict(data)
+    for item in items:
+        keys, value = parse_override(item)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        out = merge(out, nested)
+    return out
+
+
+def load_config(
+    path: Path | None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """Read `path` (optional) over `base` data (e.g. an imported kohya JSON), then `--set`s."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = merge(data, read_toml(path))
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, str(path) if path is not None else "config")
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    """Write the config as TOML, atomically; `load_config(path)` gives it back."""
+    atomic_write_text(path, tomli_w.dumps(config.to_dict()))

@@ -1,0 +1,307 @@
+"""The training loop: epochs of bucketed batches on accelerate, with saves and resume.
+
+Multi-process runs (`accelerate launch`) give each process its share of every epoch's
+batches and average LoRA gradients with one all-reduce per optimizer step; the base model
+is never wrapped in DDP (it is frozen, and wrapping it would make `save_state` copy it).
+The loss is read back from the device only every `log_every_n_steps` and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from accelerate.utils import set_seed
+
+from lorakit.errors import LorakitError
+from lorakit.training import checkpoint as ckpt
+from lorakit.training.config import TrainConfig, save_config
+from lorakit.training.data import BucketBatchSampler, build_items
+from lorakit.training.monitor import Monitor
+from lorakit.training.objective import Objective
+from lorakit.training.outputs import Outputs
+from lorakit.training.plan import make_plan, resolve
+from lorakit.training.runtime import (
+    build_optimizer,
+    inject,
+    latent_source,
+    make_accelerator,
+    prepare_model,
+    text_cache,
+    trained_text_encoders,
+    validation_indices,
+)
+from lorakit.training.step import Stepper, assemble
+from lorakit.training.validation import Validator
+
+
+class TrainingDiverged(LorakitError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    epochs_done: int
+    interrupted: bool = False
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: Path | None = None):
+        self.config = config = resolve(config)
+        self.accelerator, notes = make_accelerator(config)
+        acc = self.accelerator
+        self.out = Path(config.saving.output_dir)
+        self.items = build_items(config, config.dataset.resolution or 512)
+        self.sampler = BucketBatchSampler(
+            self.items, config, rank=acc.process_index, world=acc.num_processes
+        )
+        self.plan = make_plan(config, self.items, acc.num_processes)
+        self.base = prepare_model(config, acc)
+        te_lrs = config.text_encoder_lrs(len(self.base.text_encoders))
+        set_seed(config.training.seed)  # the same LoRA init on every process
+        self.network = inject(config, self.base, te_lrs)
+        set_seed(config.training.seed + acc.process_index)  # different noise per process
+        self.params, self.group_names, optimizer, self.scheduler = build_optimizer(
+            config, self.network, self.base, self.plan.total_steps
+        )
+        self.optimizer = acc.prepare(optimizer)
+        self.progress = ckpt.Progress()
+        acc.register_for_checkpointing(ckpt.LoRAState(self.network), self.scheduler, self.progress)
+        self.train_tes = trained_text_encoders(self.base, te_lrs)
+        prediction = config.training.prediction
+        self.objective = Objective(
+            self.base.scheduler_config,
+            self.base.prediction_type if prediction == "auto" else prediction,
+            acc.device,
+            config.training.noise_offset,
+            config.training.min_snr_gamma,
+        )
+        cache = text_cache(config, self.base, bool(self.train_tes), acc.device)
+        self.stepper = Stepper(
+            self.base,
+            self.objective,
+            cache,
+            bool(self.train_tes),
+            config.training.clip_skip,
+            acc.device,
+        )
+        self.latents = latent_source(config, self.base, self.items, self.out)
+        self.outputs = Outputs(config, self.network, self.base, self.items, acc)
+        self.notes = notes
+        self.resume = resume
+        self.monitor: Monitor | None = None
+        self.validator: Validator | None = None
+        self.loss_acc = torch.zeros((), device=acc.device)
+        self.loss_count = 0
+
+    # ----- setup -----
+
+    def _setup(self) -> None:
+        acc, config = self.accelerator, self.config
+        if self.resume is not None:
+            acc.load_state(str(ckpt.check_state(Path(self.resume))))
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.out / "config.toml")
+        keys = [(i, flip) for i in range(len(self.latents.items)) for flip in self._flips()]
+        self.latents.fill(keys, self.monitor.progress if self.monitor else None)
+        if config.validation.enabled and self.items.validation:
+            indices = validation_indices(self.items)
+            self.validator = Validator(
+                self.items.validation,
+                [self.latents.get((i, False)) for i in indices],
+                self.objective,
+                config.validation.timesteps,
+                config.validation.seed,
+                acc.device,
+            )
+
+    def _flips(self) -> tuple[bool, ...]:
+        return (False, True) if self.config.dataset.flip_aug else (False,)
+
+    # ----- the step -----
+
+    def _micro_step(self, keys) -> None:
+        batch = assemble(
+            keys, self.sampler.items, self.latents, self.config, self.accelerator.device
+        )
+        with self.accelerator.autocast():
+            loss = self.stepper.loss(batch)
+        self.accelerator.backward(loss)
+        self.loss_acc += loss.detach()
+        self.loss_count += 1
+
+    def _sync_gradients(self) -> None:
+        """Average LoRA gradients over processes with one flat all-reduce."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.flatten() for p in self.params])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+    def _optimizer_step(self) -> None:
+        self._sync_gradients()
+        max_norm = self.config.optimizer.max_grad_norm
+        if max_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+
+    # ----- loss bookkeeping -----
+
+    def _flush_loss(self) -> float:
+        """Move the device-side loss sum into `progress` (one host sync); NaN check here."""
+        if self.loss_count:
+            total = float(self.loss_acc)
+            if not math.isfinite(total):
+                raise TrainingDiverged(self._diverged_message())
+            self.progress.loss_sum += total
+            self.progress.loss_count += self.loss_count
+            self.loss_acc.zero_()
+            self.loss_count = 0
+        return self.progress.loss_sum / max(1, self.progress.loss_count)
+
+    def _diverged_message(self) -> str:
+        last = self.outputs.last_saved
+        kept = f"the last good file is {last}" if last else "no LoRA file was saved"
+        return (
+            f"loss became NaN/inf at step {self.progress.step} of epoch {self.progress.epoch}; "
+            f'{kept}; lower optimizer.unet_lr or use training.mixed_precision = "bf16"'
+        )
+
+    def _lrs(self) -> dict[str, float]:
+        lrs: dict[str, float] = {}
+        for name, group, lr in zip(
+            self.group_names, self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+        ):
+            lrs.setdefault(name, float(lr) * float(group.get("d", 1.0)))
+        return lrs
+
+    def _log_step(self, current: float | None) -> None:
+        average = self._flush_loss()
+        if self.monitor is not None:
+            self.monitor.step(
+                self.progress.step,
+                current if current is not None else average,
+                average,
+                self._lrs(),
+            )
+
+    # ----- epochs -----
+
+    def _run_epoch(self, epoch: int) -> bool:
+        """Train one epoch (from where a resume left it); False when max steps is reached."""
+        batches = self.sampler.epoch_batches(epoch)
+        accum = self.config.training.grad_accum
+        every = self.config.training.log_every_n_steps
+        start = self.progress.epoch_batches
+        for index in range(start, len(batches)):
+            self._micro_step(batches[index])
+            self.progress.epoch_batches = index + 1
+            if (index + 1) % accum and index + 1 < len(batches):
+                continue
+            self._optimizer_step()
+            if self.monitor is not None:
+                self.monitor.advance()
+            if self.progress.step % every == 0:
+                self._log_step(None)
+            self.outputs.after_step(self.progress)
+            if self.progress.step >= self.plan.total_steps:
+                return False
+        return True
+
+    def _validate(self) -> float | None:
+        if self.validator is None:
+            return None
+        self.base.unet.eval()
+        loss = self.validator.loss(
+            lambda noisy, t, items: self.stepper.predict(
+                noisy, t, items, [it.caption for it in items]
+            )
+        )
+        self.base.unet.train()
+        return loss
+
+    def _finish_epoch(self, epoch: int) -> bool:
+        """Validate, save and log the epoch; True when a LoRA file was written."""
+        train_loss = self._flush_loss()
+        with self.accelerator.autocast():
+            val_loss = self._validate()
+        saved = self.outputs.after_epoch(self.progress, train_loss, val_loss, self.monitor)
+        self.progress.epoch = epoch + 1
+        self.progress.epoch_batches = 0
+        self.progress.loss_sum, self.progress.loss_count = 0.0, 0
+        return saved
+
+    def _settings(self) -> list[tuple[str, object]]:
+        c = self.config
+        rows: list[tuple[str, object]] = [
+            ("base model", f"{c.model.path} ({c.model.family})"),
+            ("output", self.out),
+            ("network", f"rank {c.network.rank}, alpha {c.network.alpha}"),
+            (
+                "optimizer",
+                f"{c.optimizer.name}, unet lr {c.optimizer.unet_lr}, "
+                f"text encoder lr {c.optimizer.text_encoder_lr}",
+            ),
+            ("scheduler", f"{c.scheduler.name}, warmup {c.scheduler.warmup_steps}"),
+            ("precision", self.accelerator.mixed_precision),
+            ("processes", self.accelerator.num_processes),
+        ]
+        rows += [("plan", line) for line in self.plan.lines(c)]
+        rows += [("note", note) for note in self.notes]
+        return rows
+
+    def run(self, stop_after_epoch: int | None = None) -> TrainResult:
+        acc = self.accelerator
+        with Monitor(self.out / "logs", self.plan.total_steps, 0, acc.is_main_process) as monitor:
+            self.monitor = monitor
+            monitor.settings(self._settings())
+            self._setup()
+            monitor.progress.update(monitor.task, completed=self.progress.step)
+            try:
+                return self._epochs(stop_after_epoch)
+            except KeyboardInterrupt:
+                self.outputs.interrupted(self.progress)
+                raise
+
+    def _epochs(self, stop_after_epoch: int | None) -> TrainResult:
+        for module in (self.base.unet, *self.train_tes):
+            module.train()
+        more = True
+        while more and self.progress.epoch <= self.plan.epochs:
+            epoch = self.progress.epoch
+            if self.monitor is not None:
+                self.monitor.epoch(epoch, self.plan.epochs)
+            more = self._run_epoch(epoch)
+            saved = self._finish_epoch(epoch)
+            stop = stop_after_epoch is not None and epoch >= stop_after_epoch and more
+            if (saved or stop) and more:
+                self.outputs.save_state(force=stop)
+            if stop:
+                return TrainResult(self.out, self.progress.step, epoch)
+        self.outputs.finish(self.progress)
+        return TrainResult(self.out, self.progress.step, self.progress.epoch - 1)
+
+
+def train(
+    config: TrainConfig, resume: Path | None = None, stop_after_epoch: int | None = None
+) -> TrainResult:
+    """Train `config`; with `resume`, continue exactly from a `state/` folder."""
+    return Trainer(config, resume).run(stop_after_epoch)

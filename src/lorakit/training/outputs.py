@@ -1,0 +1,201 @@
+"""What a run leaves on disk and when: LoRA files, state, summary, samples, TensorBoard.
+
+LoRA files carry the training settings in kohya's `ss_*` metadata (via `lora_metadata`),
+so A1111, ComfyUI and `lorakit` can show how a file was made. Only the main process
+writes files; `save_state` is collective (every process stores its RNG state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakit.models import BaseModel
+from lorakit.network.lora import LoRANetwork
+from lorakit.network.metadata import lora_metadata
+from lorakit.training import checkpoint as ckpt
+from lorakit.training.config import TrainConfig
+from lorakit.training.data import Items
+from lorakit.training.monitor import Monitor
+from lorakit.training.runtime import lora_config
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def tag_frequency(items: Items) -> dict[str, dict[str, int]]:
+    """kohya's `ss_tag_frequency`: per image folder, how often each caption tag occurs."""
+    freq: dict[str, Counter[str]] = {}
+    for item in items.train:
+        tags = [t.strip() for t in item.caption.split(",") if t.strip()]
+        freq.setdefault(item.path.parent.name, Counter()).update(tags)
+    return {folder: dict(counter) for folder, counter in freq.items()}
+
+
+def training_metadata(config: TrainConfig, items: Items, started: float) -> dict[str, Any]:
+    c = config
+    return {
+        "ss_output_name": c.saving.name,
+        "ss_training_started_at": started,
+        "ss_num_train_images": sum(it.repeats for it in items.train),
+        "ss_num_reg_images": len(items.reg),
+        "ss_resolution": c.dataset.resolution,
+        "ss_learning_rate": c.optimizer.unet_lr,
+        "ss_unet_lr": c.optimizer.unet_lr,
+        "ss_text_encoder_lr": c.optimizer.text_encoder_lr,
+        "ss_optimizer": c.optimizer.name + (f"({c.optimizer.args})" if c.optimizer.args else ""),
+        "ss_lr_scheduler": c.scheduler.name,
+        "ss_lr_warmup_steps": c.scheduler.warmup_steps,
+        "ss_batch_size_per_device": c.training.batch_size,
+        "ss_gradient_accumulation_steps": c.training.grad_accum,
+        "ss_mixed_precision": c.training.mixed_precision,
+        "ss_seed": c.training.seed,
+        "ss_clip_skip": c.training.clip_skip,
+        "ss_noise_offset": c.training.noise_offset,
+        "ss_min_snr_gamma": c.training.min_snr_gamma,
+        "ss_caption_dropout_rate": c.dataset.caption_dropout,
+        "ss_flip_aug": c.dataset.flip_aug,
+        "ss_color_aug": c.dataset.color_aug,
+        "ss_shuffle_caption": c.dataset.shuffle_caption,
+        "ss_keep_tokens": c.dataset.keep_tokens,
+        "ss_prior_loss_weight": c.dataset.prior_loss_weight,
+        "ss_tag_frequency": tag_frequency(items),
+        "ss_sd_model_name": Path(c.model.path).name,
+    }
+
+
+class Outputs:
+    """Saves files at the configured epochs and steps; remembers the last good file."""
+
+    def __init__(
+        self, config: TrainConfig, network: LoRANetwork, base: BaseModel, items: Items, accelerator
+    ):
+        self.config, self.network, self.base, self.items = config, network, base, items
+        self.accelerator = accelerator
+        self.out = Path(config.saving.output_dir)
+        self.name = config.saving.name
+        te_lrs = config.text_encoder_lrs(len(base.text_encoders))
+        self.lora_config = lora_config(config, te_lrs)
+        self.training = training_metadata(config, items, time.time())
+        self.last_saved: Path | None = None
+        self.prompts = self._prompts()
+
+    def _prompts(self) -> list:
+        if not self.config.sampling.prompts:
+            return []
+        from lorakit.inference.samples import parse_prompt_file
+
+        return parse_prompt_file(Path(self.config.sampling.prompts))
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    def save_lora(self, path: Path, progress: ckpt.Progress) -> None:
+        if not self.main:
+            return
+        metadata = lora_metadata(
+            self.base.family,
+            self.lora_config,
+            **self.training,
+            ss_epoch=progress.epoch,
+            ss_steps=progress.step,
+            ss_training_finished_at=time.time(),
+        )
+        dtype = SAVE_DTYPES[self.config.saving.save_precision]
+        self.network.save(path, dtype=dtype, metadata=metadata)
+        self.last_saved = path
+
+    def save_state(self, force: bool = False) -> None:
+        """`state/` for `--resume` (when `saving.save_state`, or `force` for a planned stop)."""
+        if force or self.config.saving.save_state:
+            ckpt.save_state(self.accelerator, self.out)
+
+    def _samples(self, progress: ckpt.Progress) -> None:
+        if not (self.prompts and self.main):
+            return
+        from lorakit.inference.samples import generate_samples
+
+        unet = self.base.unet
+        unet.eval()
+        generate_samples(
+            self.base,
+            self.prompts,
+            self.out / "samples",
+            step=progress.step,
+            epoch=progress.epoch,
+            device=self.accelerator.device,
+        )
+        unet.train()
+
+    def after_step(self, progress: ckpt.Progress) -> None:
+        s = self.config.saving
+        if s.save_every_n_steps and progress.step % s.save_every_n_steps == 0:
+            self.save_lora(ckpt.step_file(self.out, self.name, progress.step), progress)
+            self._prune()
+            self.save_state()
+        n = self.config.sampling.every_n_steps
+        if n and progress.step % n == 0:
+            self._samples(progress)
+
+    def _prune(self) -> None:
+        if self.main:
+            ckpt.prune(self.out, self.name, self.config.saving.keep_last)
+
+    def after_epoch(
+        self,
+        progress: ckpt.Progress,
+        train_loss: float,
+        val_loss: float | None,
+        monitor: Monitor | None,
+    ) -> bool:
+        """Write the epoch's file (when due), scalars, summary and samples."""
+        epoch, every = progress.epoch, self.config.saving.save_every_n_epochs
+        saved = bool(every) and epoch % every == 0
+        if saved:
+            self.save_lora(ckpt.epoch_file(self.out, self.name, epoch), progress)
+            self._prune()
+        if monitor is not None:
+            monitor.scalar("loss/epoch", train_loss, epoch)
+            if val_loss is not None:
+                monitor.scalar("loss/validation", val_loss, epoch)
+            monitor.print(
+                f"epoch {epoch}: train loss {train_loss:.4f}"
+                + (f", validation loss {val_loss:.4f}" if val_loss is not None else "")
+                + (f" → {self.last_saved.name}" if saved and self.last_saved else "")
+            )
+        self._summary(epoch, progress.step, train_loss, val_loss, saved)
+        sample_every = self.config.sampling.every_n_epochs
+        if sample_every and epoch % sample_every == 0:
+            self._samples(progress)
+        return saved
+
+    def _summary(self, epoch: int, step: int, train: float, val: float | None, saved: bool) -> None:
+        if not self.main:
+            return
+        header = {
+            "name": self.name,
+            "family": self.base.family.value,
+            "base_model": str(self.config.model.path),
+            "trigger": self.config.dataset.trigger,
+        }
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": train,
+            "val_loss": val,
+            "file": ckpt.epoch_file(self.out, self.name, epoch).name if saved else None,
+        }
+        ckpt.record_epoch(self.out, header, entry)
+
+    def finish(self, progress: ckpt.Progress) -> None:
+        self.save_lora(ckpt.last_file(self.out, self.name), progress)
+        self.save_state()
+
+    def interrupted(self, progress: ckpt.Progress) -> None:
+        """Ctrl-C: keep the current LoRA as the last file and the state for `--resume`."""
+        self.save_lora(ckpt.last_file(self.out, self.name), progress)
+        self.save_state()

@@ -1,0 +1,97 @@
+"""The run plan, computed before any model loads (what `--dry-run` prints).
+
+images × repeats × epochs = image views; views / batch size = steps per epoch (with
+gradient accumulation, optimizer steps are that divided by `grad_accum`). The same numbers
+drive the loop, so the plan the user reads is the run they get.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lorakit.models.family import detect_family
+from lorakit.training.config import NATIVE_RESOLUTION, TrainConfig
+from lorakit.training.data import BucketBatchSampler, Items, build_items
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill what follows from the base model: its family and its native resolution."""
+    model = config.model
+    family = model.family or detect_family(model.path).value
+    resolution = config.dataset.resolution or NATIVE_RESOLUTION[family]
+    return config.model_copy(
+        update={
+            "model": model.model_copy(update={"family": family}),
+            "dataset": config.dataset.model_copy(update={"resolution": resolution}),
+        },
+        deep=True,
+    )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    images: int
+    reg_images: int
+    validation_images: int
+    views_per_epoch: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    buckets: int
+    saves: list[int]
+    sample_epochs: list[int]
+
+    def lines(self, config: TrainConfig) -> list[str]:
+        t = config.training
+        repeats = sorted({config.dataset.repeats} if config.dataset.repeats else set())
+        rep = f"{repeats[0]}" if repeats else "from folders"
+        return [
+            f"images: {self.images} (+{self.reg_images} regularization), "
+            f"validation on {self.validation_images}",
+            f"repeats: {rep}; image views per epoch: {self.views_per_epoch}",
+            f"batches per epoch: {self.batches_per_epoch} (batch {t.batch_size}, "
+            f"{self.buckets} bucket(s)); optimizer steps per epoch: {self.steps_per_epoch} "
+            f"(grad_accum {t.grad_accum})",
+            f"epochs: {self.epochs} → total steps: {self.total_steps}"
+            + (f" (capped by max_train_steps {t.max_train_steps})" if t.max_train_steps else ""),
+            f"LoRA files after epochs: {', '.join(map(str, self.saves)) or 'last only'}",
+            f"samples after epochs: {', '.join(map(str, self.sample_epochs)) or 'none'}",
+        ]
+
+
+def _every(n: int | None, epochs: int) -> list[int]:
+    return [e for e in range(1, epochs + 1) if n and e % n == 0]
+
+
+def make_plan(config: TrainConfig, items: Items, world: int = 1) -> RunPlan:
+    """Counts for `config` over `items`, split over `world` processes."""
+    sampler = BucketBatchSampler(items, config, rank=0, world=world)
+    batches = len(sampler.epoch_batches(1))
+    steps = math.ceil(batches / config.training.grad_accum)
+    t = config.training
+    total = t.max_train_steps or steps * t.epochs
+    epochs = math.ceil(total / steps)
+    views = sum(it.repeats for it in items.train) * (2 if items.reg else 1)
+    samples = _every(config.sampling.every_n_epochs, epochs) if config.sampling.prompts else []
+    return RunPlan(
+        images=len(items.train),
+        reg_images=len(items.reg),
+        validation_images=len(items.validation) if config.validation.enabled else 0,
+        views_per_epoch=views,
+        batches_per_epoch=batches,
+        steps_per_epoch=steps,
+        total_steps=total,
+        epochs=epochs,
+        buckets=len({it.bucket for it in items.all}),
+        saves=_every(config.saving.save_every_n_epochs, epochs),
+        sample_epochs=samples,
+    )
+
+
+def dry_run(config: TrainConfig) -> list[str]:
+    """The plan lines for `config`, reading only folder listings and image headers."""
+    config = resolve(config)
+    items = build_items(config, config.dataset.resolution or 512)
+    return make_plan(config, items).lines(config)

@@ -1,0 +1,131 @@
+"""Everything a run needs, built once: accelerator, model + LoRA, optimizer, caches.
+
+The base model is frozen before the LoRA is injected, so only LoRA parameters of the parts
+with a learning rate above zero train. LoRA parameters stay fp32 whatever the frozen
+weights' dtype (mixed precision runs them under autocast), and the VAE runs in fp32 so
+SDXL's VAE cannot overflow to NaN while caching latents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from lorakit.errors import LorakitError
+from lorakit.models import BaseModel, load_base_model
+from lorakit.network.config import LoRAConfig
+from lorakit.network.files import load_lora_file
+from lorakit.network.lora import LoRANetwork
+from lorakit.training.caching import LatentCache, TextCache, text_encoder
+from lorakit.training.config import TrainConfig
+from lorakit.training.data import Items
+from lorakit.training.optim import make_optimizer, make_scheduler
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def make_accelerator(config: TrainConfig) -> tuple[Accelerator, list[str]]:
+    """An accelerator for this machine; fp16 falls back to fp32 where there is no GPU."""
+    notes = []
+    precision = config.training.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        notes.append("fp16 needs a CUDA GPU; training in fp32 on this machine")
+        precision = "no"
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.training.grad_accum,
+        cpu=not torch.cuda.is_available(),
+    )
+    return accelerator, notes
+
+
+def weight_dtype(config: TrainConfig, precision: str) -> torch.dtype:
+    if config.model.dtype != "auto":
+        if precision == "no" and config.model.dtype != "fp32":
+            raise LorakitError(
+                f"model.dtype {config.model.dtype} needs training.mixed_precision fp16 or "
+                'bf16; set model.dtype = "auto"'
+            )
+        return DTYPES[config.model.dtype]
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def lora_config(config: TrainConfig, te_lrs: list[float]) -> LoRAConfig:
+    net = config.network
+    return LoRAConfig(
+        rank=net.rank,
+        alpha=net.alpha,
+        conv_rank=net.conv_rank,
+        conv_alpha=net.conv_alpha,
+        dropout=net.dropout,
+        train_unet=config.optimizer.unet_lr > 0,
+        train_text_encoder=any(lr > 0 for lr in te_lrs),
+    )
+
+
+def prepare_model(config: TrainConfig, accelerator: Accelerator) -> BaseModel:
+    dtype = weight_dtype(config, accelerator.mixed_precision)
+    base = load_base_model(config.model.path, dtype=dtype, family=config.model.family)
+    for module in (base.unet, base.vae, *base.text_encoders):
+        module.requires_grad_(False)
+        module.to(accelerator.device)
+    if base.vae.dtype != torch.float32:
+        base.vae.to(torch.float32)
+    if config.training.gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+    return base
+
+
+def inject(config: TrainConfig, base: BaseModel, te_lrs: list[float]) -> LoRANetwork:
+    """Inject the LoRA (continuing from `network.weights` when set), params in fp32."""
+    network = LoRANetwork.inject(base, lora_config(config, te_lrs))
+    if config.network.weights:
+        state, _ = load_lora_file(Path(config.network.weights))
+        network.load_kohya_state_dict(state, strict=False)
+    return network
+
+
+def trained_text_encoders(base: BaseModel, te_lrs: list[float]) -> list[torch.nn.Module]:
+    return [te for te, lr in zip(base.text_encoders, te_lrs, strict=True) if lr > 0]
+
+
+def build_optimizer(config: TrainConfig, network: LoRANetwork, base: BaseModel, total_steps: int):
+    """(trainable params, group names, optimizer, LR scheduler); LoRA params made fp32."""
+    te_lrs = config.text_encoder_lrs(len(base.text_encoders))
+    groups = network.param_groups(config.optimizer.unet_lr, te_lrs)
+    params = [p for g in groups for p in g["params"]]
+    for p in params:
+        p.data = p.data.float()
+    optimizer = make_optimizer(config, groups)
+    scheduler = make_scheduler(config, optimizer, total_steps)
+    return params, [str(g["name"]) for g in groups], optimizer, scheduler
+
+
+def latent_source(config: TrainConfig, base: BaseModel, items: Items, out: Path) -> LatentCache:
+    """Latents for `items.all` then any validation item not already among them.
+
+    Colour augmentation changes pixels every step, so it forces live encoding.
+    """
+    mode = "none" if config.dataset.color_aug else config.training.cache_latents
+    extra = [it for it in items.validation if all(it is not other for other in items.all)]
+    return LatentCache(base, [*items.all, *extra], mode, out / "cache" / "latents")
+
+
+def validation_indices(items: Items) -> list[int]:
+    """Index in `latent_source`'s list of each validation item."""
+    indices, extra = [], len(items.all)
+    for item in items.validation:
+        found = next((i for i, other in enumerate(items.all) if other is item), None)
+        if found is None:
+            found, extra = extra, extra + 1
+        indices.append(found)
+    return indices
+
+
+def text_cache(config: TrainConfig, base: BaseModel, train_te: bool, device) -> TextCache | None:
+    """Cached encoder outputs when no encoder trains and captions are fixed strings."""
+    if train_te or config.dataset.shuffle_caption or not config.training.cache_text_encoder:
+        return None
+    return TextCache(text_encoder(base, config.training.clip_skip, device))

@@ -1,0 +1,202 @@
+"""The `lorakit dataset` commands end to end, and bad input that must never show a traceback."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lorakit.cli.main import main
+from lorakit.demo import draw_photo
+from lorakit.demo import main as demo_main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["dataset", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _bomb_png(path: Path, side: int = 20000) -> None:
+    """A valid PNG whose header says side×side (1-bit grey), in a few hundred bytes."""
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    idat = zlib.compress(row * 16)
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat)
+    path.write_bytes(png + _chunk(b"IEND", b""))
+
+
+def _photos(folder: Path, count: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        draw_photo(i, (320, 320)).save(folder / f"p{i}.png")
+    return folder
+
+
+def _assert_one_line_error(code: int, err: str) -> None:
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorakit: error: ")
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert "dataset" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["dataset", "--help"])
+    out = capsys.readouterr().out
+    assert all(step in out for step in ("scan", "lint", "prep", "plan"))
+
+
+def _missing(tmp: Path) -> Path:
+    return tmp / "nope"
+
+
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def _abc_name(tmp: Path) -> Path:
+    _photos(tmp / "img" / "abc_name")
+    return tmp / "img"
+
+
+def _latin1_caption(tmp: Path) -> Path:
+    folder = _photos(tmp / "photos")
+    (folder / "p0.txt").write_bytes("sks, café".encode("latin-1"))
+    return folder
+
+
+@pytest.mark.parametrize("make", [_missing, _empty, _abc_name, _latin1_caption])
+@pytest.mark.parametrize("step", ["scan", "lint", "plan"])
+def test_bad_folders_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], Path], step: str
+) -> None:
+    code, _, err = _run(capsys, step, str(make(tmp_path)))
+    _assert_one_line_error(code, err)
+
+
+def _zero_byte(folder: Path) -> Path:
+    (folder / "zero.png").write_bytes(b"")
+    return folder / "zero.png"
+
+
+def _text_as_jpg(folder: Path) -> Path:
+    (folder / "page.jpg").write_text("<html>saved web page</html>", encoding="utf-8")
+    return folder / "page.jpg"
+
+
+def _bomb(folder: Path) -> Path:
+    _bomb_png(folder / "bomb.png")
+    return folder / "bomb.png"
+
+
+def _over_our_limit(folder: Path) -> Path:
+    """121 MP: Pillow only warns, lorakit's own 100 MP guard must refuse it."""
+    _bomb_png(folder / "huge.png", side=11000)
+    return folder / "huge.png"
+
+
+@pytest.mark.parametrize("make", [_zero_byte, _text_as_jpg, _bomb, _over_our_limit])
+def test_bad_images(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    folder = _photos(tmp_path / "photos")
+    bad = make(folder)
+    code, _, err = _run(capsys, "prep", str(folder), str(tmp_path / "out"), "--trigger", "sks",
+                        "--class", "man")  # fmt: skip
+    _assert_one_line_error(code, err)
+    assert str(bad) in err
+    code, out, err = _run(capsys, "lint", str(folder), "--json")
+    assert code == 1 and err == ""
+    report = json.loads(out)
+    unreadable = [f for f in report["findings"] if f["rule"] == "unreadable"]
+    assert [(f["path"], f["severity"]) for f in unreadable] == [(str(bad), "error")]
+    assert "\n" not in unreadable[0]["message"]
+
+
+def test_bomb_header_is_really_20000_square(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _bomb_png(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with Image.open(tmp_path / "bomb.png") as image:
+        assert image.size == (20000, 20000)
+
+
+def test_lint_exit_status_and_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "photos", 3)
+    code, out, _ = _run(capsys, "lint", str(folder), "--family", "sd15")
+    assert code == 0 and "image-count" in out and "below-native" in out
+    draw_photo(9, (100, 120)).save(folder / "tiny.png")
+    code, out, _ = _run(capsys, "lint", str(folder))
+    assert code == 1 and "too-small" in out
+
+
+def test_scan_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _photos(tmp_path / "img" / "12_sks dog", 3)
+    code, out, _ = _run(capsys, "scan", str(tmp_path))
+    assert code == 0 and "sks dog" in out and "kohya" in out and "36" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--images", "42", "--repeats", "10", "--epochs", "8"], "= 3360 steps"),
+        (["--images", "32", "--epochs", "10", "--target-steps", "4800"], "= 15 repeats"),
+        (
+            ["--images", "42", "--repeats", "10", "--epochs", "8", "--batch-size", "4"],
+            "= 105 steps per",
+        ),
+    ],
+)
+def test_plan_numbers(capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+    code, out, _ = _run(capsys, "plan", *argv)
+    assert code == 0 and expected in out
+
+
+def test_plan_counts_a_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    _photos(tmp_path / "img" / "12_sks dog", 3)
+    code, out, _ = _run(capsys, "plan", str(tmp_path), "--epochs", "2")
+    assert code == 0 and "3 images × 12 repeats" in out and "= 72 steps" in out
+
+
+def test_plan_without_images_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "plan", "--epochs", "3")
+    _assert_one_line_error(code, err)
+
+
+def test_prep_square_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "photos")
+    draw_photo(7, (400, 320)).save(folder / "wide.png")
+    argv = ["prep", str(folder), str(tmp_path / "out"), "--trigger", "sks", "--class", "dog"]
+    code, out, _ = _run(capsys, *argv, "--square", "--repeats", "4")
+    assert code == 0 and "3 images, 4 repeats" in out
+    with Image.open(tmp_path / "out" / "img" / "4_sks dog" / "sks_003.png") as image:
+        assert image.size == (320, 320)
+    code, _, err = _run(capsys, *argv, "--square", "--crop", "face")
+    _assert_one_line_error(code, err)
+
+
+def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert demo_main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "would exit with status 1" in out and "Done." in out
+    subsets = list((tmp_path / "run" / "img").iterdir())
+    assert len(subsets) == 1 and subsets[0].name.endswith("_sks person")
+    captions = sorted(subsets[0].glob("*.txt"))
+    assert len(captions) == len(list(subsets[0].glob("*.png"))) > 10
+    assert all(c.read_text(encoding="utf-8").startswith("sks") for c in captions)

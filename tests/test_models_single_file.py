@@ -1,0 +1,209 @@
+"""Loading offline: diffusers folders and LDM single files written from the tiny models."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from lorakit.errors import LorakitError
+from lorakit.models import BaseModel, ModelFamily, detect_family, file_hashes, load_base_model
+from lorakit.models.components import load_tokenizers
+from tests.helpers.ldm import write_ldm_checkpoint
+
+FAMILIES = [ModelFamily.SD15, ModelFamily.SDXL]
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection (or ask the hub) fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access attempted")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_sd15_dir: Path, tiny_sdxl_dir: Path) -> dict[ModelFamily, Path]:
+    return {ModelFamily.SD15: tiny_sd15_dir, ModelFamily.SDXL: tiny_sdxl_dir}
+
+
+@pytest.fixture(scope="module")
+def ldm_files(
+    folders: dict[ModelFamily, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[ModelFamily, Path]:
+    out = tmp_path_factory.mktemp("ldm")
+    return {
+        family: write_ldm_checkpoint(folder, out / f"{family.value}.safetensors", family.value)
+        for family, folder in folders.items()
+    }
+
+
+def _modules(base: BaseModel) -> list[torch.nn.Module]:
+    return [base.unet, base.vae, *base.text_encoders]
+
+
+def _reference_modules(pipe: DiffusionPipeline) -> list[torch.nn.Module]:
+    encoders = [pipe.text_encoder] + (
+        [pipe.text_encoder_2] if hasattr(pipe, "text_encoder_2") else []
+    )
+    return [pipe.unet, pipe.vae, *encoders]
+
+
+def _image(pipe: DiffusionPipeline) -> np.ndarray:
+    return pipe(
+        "a photo of sks person",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    ).images[0]
+
+
+def test_offline_guard_refuses_connections(offline: None) -> None:
+    with pytest.raises(OSError, match="network access attempted"):
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+    with pytest.raises(OSError, match="network access attempted"):
+        socket.socket().connect(("127.0.0.1", 9))
+
+
+def test_tokenizer_gives_clip_ids_offline(offline: None) -> None:
+    for family in FAMILIES:
+        for tokenizer in load_tokenizers(family):
+            ids = tokenizer("a photo of sks person").input_ids
+            assert ids == [49406, 320, 1125, 539, 48136, 2533, 49407]
+    sdxl_pads = [t("sks", padding="max_length").input_ids[-1] for t in load_tokenizers(FAMILIES[1])]
+    assert sdxl_pads == [49407, 0]  # the second SDXL tokenizer pads with "!"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_single_file_matches_its_folder_weights_and_image(
+    family: ModelFamily,
+    folders: dict[ModelFamily, Path],
+    ldm_files: dict[ModelFamily, Path],
+    offline: None,
+) -> None:
+    reference = DiffusionPipeline.from_pretrained(folders[family], local_files_only=True)
+    base = load_base_model(ldm_files[family], config=folders[family])
+    assert base.family is family
+    assert base.source == ldm_files[family]
+    for ours, theirs in zip(_modules(base), _reference_modules(reference), strict=True):
+        assert type(ours) is type(theirs)
+        ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+        assert ours_state.keys() == theirs_state.keys()
+        for key, value in theirs_state.items():
+            assert torch.equal(ours_state[key], value), key
+    expected = _image(reference)
+    got = _image(base.pipeline(scheduler=reference.scheduler))
+    assert expected.std() > 0.01
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folder_loads_with_bundled_tokenizers(
+    family: ModelFamily, folders: dict[ModelFamily, Path], offline: None
+) -> None:
+    base = load_base_model(folders[family], family=family.value)
+    assert base.family is family
+    assert (
+        len(base.text_encoders) == len(base.tokenizers) == (2 if family is ModelFamily.SDXL else 1)
+    )
+    assert base.scheduler_config["num_train_timesteps"] == 1000
+    assert base.prediction_type == "epsilon"
+    assert not any(p.requires_grad for m in _modules(base) for p in m.parameters())
+
+
+def test_ckpt_loads_with_weights_only(
+    folders: dict[ModelFamily, Path], ldm_files: dict[ModelFamily, Path], tmp_path: Path
+) -> None:
+    folder = folders[ModelFamily.SD15]
+    ckpt = write_ldm_checkpoint(folder, tmp_path / "model.ckpt", "sd15")
+    from_ckpt = load_base_model(ckpt, config=folder)
+    from_safetensors = load_base_model(ldm_files[ModelFamily.SD15], config=folder)
+    for ours, theirs in zip(_modules(from_ckpt), _modules(from_safetensors), strict=True):
+        for (key, value), other in zip(
+            ours.state_dict().items(), theirs.state_dict().values(), strict=True
+        ):
+            assert torch.equal(value, other), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_loading(
+    dtype: torch.dtype,
+    folders: dict[ModelFamily, Path],
+    ldm_files: dict[ModelFamily, Path],
+) -> None:
+    folder, file = folders[ModelFamily.SDXL], ldm_files[ModelFamily.SDXL]
+    full = load_base_model(file, config=folder)
+    for base in (
+        load_base_model(file, config=folder, dtype=dtype),
+        load_base_model(folder, dtype=dtype),
+    ):
+        for module, reference in zip(_modules(base), _modules(full), strict=True):
+            state = module.state_dict()
+            for key, value in reference.state_dict().items():
+                assert state[key].dtype == dtype, key
+                assert torch.equal(state[key], value.to(dtype)), key
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_detect_family_of_folders_and_files(
+    family: ModelFamily, folders: dict[ModelFamily, Path], ldm_files: dict[ModelFamily, Path]
+) -> None:
+    assert detect_family(folders[family]) is family
+    assert detect_family(ldm_files[family]) is family
+    assert detect_family(str(ldm_files[family])) is family
+
+
+def test_tiny_file_against_full_size_config_names_the_fix(
+    ldm_files: dict[ModelFamily, Path],
+) -> None:
+    path = ldm_files[ModelFamily.SD15]
+    with pytest.raises(LorakitError) as caught:
+        load_base_model(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "UNet" in message and "config=" in message
+
+
+def test_family_option_must_match_the_file(ldm_files: dict[ModelFamily, Path]) -> None:
+    path = ldm_files[ModelFamily.SD15]
+    with pytest.raises(LorakitError, match="is an sd15 model, not sdxl") as caught:
+        load_base_model(path, family="sdxl")
+    assert str(path) in str(caught.value)
+    with pytest.raises(LorakitError, match="unknown model family 'sd3'"):
+        load_base_model(path, family="sd3")
+
+
+def test_file_hashes_are_sha256_and_a1111_autov2(ldm_files: dict[ModelFamily, Path]) -> None:
+    path = ldm_files[ModelFamily.SD15]
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_hashes(path) == {"sha256": expected, "autov2": expected[:10]}
+    with pytest.raises(LorakitError, match="not a file"):
+        file_hashes(path.parent)
+
+
+def test_folder_with_only_fp16_variant_files(
+    folders: dict[ModelFamily, Path], tmp_path: Path
+) -> None:
+    """Folders downloaded with `variant="fp16"` name their weights `*.fp16.safetensors`."""
+    folder = tmp_path / "model"
+    shutil.copytree(folders[ModelFamily.SD15], folder)
+    for weights in folder.glob("*/*.safetensors"):
+        weights.rename(weights.with_suffix(".fp16.safetensors"))
+    base = load_base_model(folder)
+    reference = load_base_model(folders[ModelFamily.SD15])
+    assert torch.equal(base.unet.conv_in.weight, reference.unet.conv_in.weight)
