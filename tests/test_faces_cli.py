@@ -29,7 +29,9 @@ def outputs(out: Path) -> list[Path]:
 
 
 def prep(src: Path, out: Path, *extra: str) -> int:
-    return main(["dataset", "prep", str(src), str(out), "--trigger", "sks", "--class", "person", *extra])
+    return main(
+        ["dataset", "prep", str(src), str(out), "--trigger", "sks", "--class", "person", *extra]
+    )
 
 
 def test_prep_crop_face_centres_on_the_head(tmp_path, capsys):
@@ -69,7 +71,7 @@ def test_fix_orientation_flips_the_mirrored_in_out_only(tmp_path, capsys):
     assert "1 mirrored image(s) flipped back" in capsys.readouterr().out
     written = outputs(tmp_path / "out")
     assert len(written) == len(paths)
-    for i, (source, target) in enumerate(zip(paths, written)):
+    for i, (source, target) in enumerate(zip(paths, written, strict=True)):
         original = np.asarray(Image.open(source).convert("RGB"))
         result = np.asarray(Image.open(target).convert("RGB"))
         expected = original[:, ::-1] if i == 2 else original
@@ -80,7 +82,7 @@ def test_without_fix_orientation_nothing_is_flipped(tmp_path):
     src = tmp_path / "src"
     paths = write_set(src, 4, {1})
     assert prep(src, tmp_path / "out") == 0
-    for source, target in zip(paths, outputs(tmp_path / "out")):
+    for source, target in zip(paths, outputs(tmp_path / "out"), strict=True):
         assert np.array_equal(
             np.asarray(Image.open(source).convert("RGB")), np.asarray(Image.open(target))
         )
@@ -136,10 +138,29 @@ def one_line_error(capsys, path_part: str) -> None:
     "command",
     [
         ["dataset", "lint", "{missing}", "--faces"],
-        ["dataset", "prep", "{missing}", "{out}", "--trigger", "sks", "--class", "person",
-         "--crop", "face"],
-        ["dataset", "prep", "{missing}", "{out}", "--trigger", "sks", "--class", "person",
-         "--fix-orientation"],
+        [
+            "dataset",
+            "prep",
+            "{missing}",
+            "{out}",
+            "--trigger",
+            "sks",
+            "--class",
+            "person",
+            "--crop",
+            "face",
+        ],
+        [
+            "dataset",
+            "prep",
+            "{missing}",
+            "{out}",
+            "--trigger",
+            "sks",
+            "--class",
+            "person",
+            "--fix-orientation",
+        ],
     ],
 )
 def test_missing_folder_is_one_line(tmp_path, capsys, command):
@@ -169,3 +190,11 @@ def test_prep_with_faces_stops_on_a_bad_file_with_one_line(tmp_path, capsys, opt
     assert prep(folder, tmp_path / "out", *options) == 2
     one_line_error(capsys, "empty.png")
     assert tree_hashes(folder) == before
+
+
+def test_prep_negative_margin_is_one_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    portrait((100, 100), 1.2).save(src / "a.png")
+    assert prep(src, tmp_path / "out", "--crop", "face", "--margin", "-1") == 2
+    one_line_error(capsys, "margin")

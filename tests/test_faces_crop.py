@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from lorakit.dataset.faces import FaceBox, HaarFaceDetector, crop_box_for, face_crop_box
+from lorakit.dataset.faces import (
+    FaceBox,
+    HaarFaceDetector,
+    crop_box_for,
+    face_crop_box,
+    load_detector,
+)
+from lorakit.errors import LorakitError
 
 # astronaut()[0:260, 110:350]: head, hair and collar of Eileen Collins.
 HEAD_PATCH = Image.fromarray(data.astronaut()[0:260, 110:350])
@@ -108,7 +115,7 @@ def test_face_crop_contains_the_whole_face_with_the_margin(margin):
     assert box is not None
     left, top, right, bottom = box
     assert right - left == bottom - top
-    assert 0 <= left and 0 <= top and right <= image.width and bottom <= image.height
+    assert contains((0, 0, image.width, image.height), box)
     face = placed(FACE, at, scale)
     face_side = face[3] - face[1]
     # The detector's box may be a fifth smaller than the face measured by eye.
@@ -146,3 +153,30 @@ def test_crop_is_shifted_inside_the_image_then_shrunk_if_needed():
     assert narrow[2] - narrow[0] == narrow[3] - narrow[1] == 180
     assert narrow[0] == 0 and narrow[2] == 180
     assert contains(narrow, (40, 100, 140, 200))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.onnx", None, "face model not found"),
+        ("faces.xml", b"<opencv_storage/>", "unsupported face model"),
+        ("broken.onnx", b"not a model", "not a YuNet face model"),
+    ],
+)
+def test_bad_face_model_paths_are_one_line_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(LorakitError, match=message) as caught:
+        load_detector(path)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_no_model_path_gives_the_bundled_haar_detector():
+    assert isinstance(load_detector(None), HaarFaceDetector)
+
+
+def test_a_negative_margin_is_a_one_line_error():
+    with pytest.raises(LorakitError, match="margin must be 0 or more"):
+        face_crop_box(Image.new("RGB", (100, 100)), -0.5, FakeDetector([(10, 10, 50, 50)]))

@@ -76,3 +76,8 @@ def test_a_face_without_a_face_in_a_judged_set_is_not_flagged(tmp_path):
     results = find_mirrored([*paths, blank])
     assert [r.flagged for r in results] == [False, False, False, False, True, False, False]
     assert results[-1].confidence == 0.0
+
+
+def test_an_even_split_flips_the_half_without_the_first_photo(tmp_path):
+    paths = write_set(tmp_path, 6, {1, 3, 5})
+    assert [r.flagged for r in find_mirrored(paths)] == [False, True] * 3

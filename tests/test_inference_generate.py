@@ -22,6 +22,15 @@ from tests.helpers.tiny import tiny_sd15_pipeline, tiny_sdxl_pipeline
 STEPS = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One torch thread: tiny models gain nothing from more, and the shared CPUs are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def base_from_pipeline(pipe, family: str) -> BaseModel:
     """A BaseModel over a tiny in-memory pipeline (no disk round trip needed)."""
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])

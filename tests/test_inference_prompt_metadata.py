@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from lorakit.errors import LorakitError
+from lorakit.inference.generate import model_identity
 from lorakit.inference.metadata import (
     GenerationInfo,
     format_parameters,
+    lora_short_hash,
     parse_parameters,
     read_parameters,
     save_png,
@@ -18,7 +24,7 @@ from lorakit.inference.metadata import (
 from lorakit.inference.prompt import parse_lora_arg, parse_prompt
 from lorakit.inference.samplers import SAMPLERS, canonical_sampler_name, make_scheduler
 from lorakit.inference.samples import parse_prompt_file
-from tests.helpers.tiny import tiny_sd15_pipeline
+from lorakit.models.configs import CONFIG_ROOT
 
 # An infotext as A1111 wrote it, quoted in guide 002.
 A1111_TEXT = (
@@ -120,7 +126,7 @@ def test_png_without_parameters_is_an_error(tmp_path: Path) -> None:
 
 
 def test_every_sampler_builds_from_the_base_config() -> None:
-    config = dict(tiny_sd15_pipeline().scheduler.config)
+    config = json.loads((CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json").read_text())
     for name, spec in SAMPLERS.items():
         scheduler = make_scheduler(name, config)
         assert isinstance(scheduler, spec.scheduler)
@@ -160,3 +166,22 @@ def test_bad_prompt_file_option_names_the_line(tmp_path: Path) -> None:
     path.write_text("ok\nsks --w wide\n", encoding="utf-8")
     with pytest.raises(LorakitError, match=r"prompts\.txt:2"):
         parse_prompt_file(path)
+
+
+def test_model_identity_is_a1111_autov2(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "myModel_v2.safetensors"
+    data = bytes(range(256)) * 300
+    checkpoint.write_bytes(data)
+    assert model_identity(checkpoint) == ("myModel_v2", hashlib.sha256(data).hexdigest()[:10])
+    assert model_identity(tmp_path) == (tmp_path.name, None)
+
+
+def test_lora_hash_follows_a1111(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.arange(10, dtype=torch.float32)}, plain)
+    data = plain.read_bytes()
+    header = int.from_bytes(data[:8], "little")
+    assert lora_short_hash(plain) == hashlib.sha256(data[8 + header :]).hexdigest()[:12]
+    stamped = tmp_path / "stamped.safetensors"
+    save_file({"w": torch.zeros(2)}, stamped, metadata={"sshs_model_hash": "f" * 64})
+    assert lora_short_hash(stamped) == "f" * 12

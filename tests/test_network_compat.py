@@ -17,9 +17,9 @@ from lorakit.network.verify import verify_lora
 from tests.test_network_support import forward, max_diff, randomise, tiny_base
 
 
-@pytest.mark.parametrize(
-    ("family", "conv_rank"), [("sd15", None), ("sd15", 3), ("sdxl", None), ("sdxl", 2)]
-)
+# With conv_rank every module kind is covered: Linear, 1×1 conv (SD1.5 proj_in/out),
+# 3×3 convs, the stride-2 downsampler and the ResNet time-embedding Linear.
+@pytest.mark.parametrize(("family", "conv_rank"), [("sd15", 3), ("sdxl", 2)])
 def test_diffusers_load_lora_weights_matches_injected_network(
     tmp_path: Path, family: str, conv_rank: int | None
 ) -> None:
@@ -53,7 +53,9 @@ def _peft_lora(base_family: str, tmp_path: Path) -> tuple[Path, torch.Tensor, li
         init_lora_weights=False,
     )
     text_config = LoraConfig(
-        r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        r=2,
+        lora_alpha=4,
+        target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
         init_lora_weights=False,
     )
     torch.manual_seed(7)

@@ -27,6 +27,8 @@ def sd15_run(tiny_sd15_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     data = make_concept(root / "data", count=4)
     # A `.caption` file with other text must be ignored: captions come from `.txt`.
     (data / "img0.caption").write_text("wrongcaption", encoding="utf-8")
+    prompts = root / "prompts.txt"
+    prompts.write_text("sks disc --w 64 --h 64 --s 2 --d 5\n", encoding="utf-8")
     config = fast_config(
         tiny_sd15_dir,
         data,
@@ -35,6 +37,7 @@ def sd15_run(tiny_sd15_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         optimizer={"unet_lr": 3e-3},
         training={"epochs": 3, "min_snr_gamma": 5.0},
         saving={"keep_last": 2},
+        sampling={"prompts": str(prompts), "every_n_epochs": 2},
     )
     train(config)
     return root / "out"
@@ -61,6 +64,33 @@ def test_run_folder_layout(sd15_run: Path) -> None:
     assert again.model.family == "sd15"
     assert again.dataset.resolution == 64
     assert again.saving.keep_last == 2
+
+
+def test_samples_are_rendered_at_the_configured_epochs(sd15_run: Path) -> None:
+    samples = sorted(p.name for p in (sd15_run / "samples").glob("*.png"))
+    assert samples == ["tiny_e000002_s000016_00.png"]
+
+
+def test_network_weights_continue_from_a_lora_file(
+    sd15_run: Path, tiny_sd15_dir: Path, tmp_path: Path
+) -> None:
+    source, _ = load_lora_file(sd15_run / "tiny.safetensors")
+    data = make_concept(tmp_path / "data", count=2)
+    config = fast_config(
+        tiny_sd15_dir,
+        data,
+        tmp_path / "out",
+        network={"weights": str(sd15_run / "tiny.safetensors")},
+        optimizer={"unet_lr": 1e-9},
+        training={"max_train_steps": 1},
+        validation={"enabled": False},
+    )
+    train(config)
+    continued, _ = load_lora_file(tmp_path / "out" / "tiny.safetensors")
+    assert continued.keys() == source.keys()
+    assert any(float(t.abs().max()) > 0.001 for k, t in source.items() if "lora_up" in k)
+    worst = max(float((continued[k].float() - source[k].float()).abs().max()) for k in source)
+    assert worst < 1e-3
 
 
 def test_tensorboard_holds_the_scalars(sd15_run: Path) -> None:

@@ -14,7 +14,12 @@ from tests.test_train_support import fast_config, make_concept
 CASES = [
     ("adamw", {}, "constant_with_warmup", 1e-3),
     ("adamw8bit", {}, "linear", 1e-3),
-    ("adafactor", {"relative_step": True, "scale_parameter": True, "warmup_init": True}, "constant", 0.0),
+    (
+        "adafactor",
+        {"relative_step": True, "scale_parameter": True, "warmup_init": True},
+        "constant",
+        0.0,
+    ),
     ("adafactor", {}, "constant", 1e-3),
     ("prodigy", {"d_coef": 2.0}, "cosine_with_restarts", 1.0),
     ("dadaptadam", {"decouple": True}, "polynomial", 1.0),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from lorakit.network.files import load_lora_file
 from lorakit.training.checkpoint import read_summary
 from lorakit.training.loop import train

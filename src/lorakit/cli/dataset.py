@@ -42,12 +42,25 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_scan)
 
 
+def _face_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--face-model",
+        type=Path,
+        help="a YuNet .onnx face detector (default: OpenCV's bundled Haar cascades)",
+    )
+
+
 def _add_lint(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lint", help="check images and captions; exit 1 on errors")
     p.add_argument("folder", type=Path)
     p.add_argument("--family", choices=sorted(NATIVE_SIDE), default="sd15")
     p.add_argument("--trigger", help="word every caption must contain")
-    p.add_argument("--faces", action="store_true", help="also check faces (size, count)")
+    p.add_argument(
+        "--faces",
+        action="store_true",
+        help="also check faces: none, other people, cut by the border, too small, mirrored",
+    )
+    _face_model(p)
     p.add_argument("--blur-threshold", type=float, default=BLUR_THRESHOLD)
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     _caption_ext(p)
@@ -68,6 +81,7 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, help="downscale so the long side fits")
     p.add_argument("--upscale", action="store_true", help="also enlarge smaller images")
     p.add_argument("--fix-orientation", action="store_true", help="un-mirror selfies")
+    _face_model(p)
     _caption_ext(p)
     p.set_defaults(func=run_prep)
 
@@ -150,6 +164,7 @@ def run_lint(args: argparse.Namespace) -> int:
         trigger=args.trigger,
         caption_ext=args.caption_ext,
         faces=args.faces,
+        face_model=args.face_model,
         blur_threshold=args.blur_threshold,
     )
     if args.json:
@@ -176,6 +191,7 @@ def _prep_options(args: argparse.Namespace) -> PrepOptions:
         upscale=args.upscale,
         caption_ext=args.caption_ext,
         fix_orientation=args.fix_orientation,
+        face_model=args.face_model,
     )
 
 

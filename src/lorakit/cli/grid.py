@@ -18,6 +18,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r}: write numbers like 0,0.4,0.8,1") from None
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write epoch numbers like 4,6,8") from None
+
+
 def _values(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -34,7 +41,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", type=Path, help="base model (default: the run's base model)")
     parser.add_argument("--prompt", help="prompt (default: the run's trigger word)")
     parser.add_argument("--lora", action="append", default=[], type=Path, help="LoRA file column")
-    parser.add_argument("--epochs", type=_floats, help="only these epochs, e.g. 4,6,8")
+    parser.add_argument("--epochs", type=_ints, help="only these epochs, e.g. 4,6,8")
     parser.add_argument(
         "--weights", type=_floats, default=[0.0, 0.4, 0.6, 0.8, 1.0], help="rows, e.g. 0,0.5,1"
     )
@@ -58,7 +65,11 @@ def _columns(args: argparse.Namespace, summary: dict[str, Any]) -> list[Any]:
     files = epoch_files(args.run_dir, summary)
     if args.epochs:
         files = [item for item in files if item.epoch in set(args.epochs)]
-    return [GridColumn(item.label, item.path) for item in files]
+    best = summary.get("best_epoch")
+    return [
+        GridColumn(item.label + (" (best)" if item.epoch == best else ""), item.path)
+        for item in files
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _print_summary(summary: LoRASummary, console: Console) -> None:
     console.print(f"[bold]{summary.path}[/bold]")
     console.print(
-        f"family {summary.family or 'unknown'} · {summary.format} format · {summary.modules} modules"
-        f" · {summary.size_bytes / 1e6:.2f} MB · {', '.join(summary.dtypes)}"
+        f"family {summary.family or 'unknown'} · {summary.format} format"
+        f" · {summary.modules} modules · {summary.size_bytes / 1e6:.2f} MB"
+        f" · {', '.join(summary.dtypes)}"
     )
     table = Table("group", "modules", "rank", "alpha")
     for group in summary.groups:
@@ -105,13 +106,15 @@ def _print_report(report: VerifyReport, console: Console) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    base, family = _base_for(args.base)
-    report = verify_lora(args.file, base=base, family=family)
+    console = Console(soft_wrap=True, stderr=args.json)
+    with console.status("loading the base and the LoRA through both loaders..."):
+        base, family = _base_for(args.base)
+        report = verify_lora(args.file, base=base, family=family)
     if args.json:
         data = asdict(report) | {"path": str(report.path), "family": report.family.value}
         print(json.dumps(data | {"ok": report.ok}, indent=2))
     else:
-        _print_report(report, Console())
+        _print_report(report, console)
     return 0 if report.ok else 1
 
 

@@ -2,12 +2,13 @@
 
 The default detector uses the Haar cascades that `opencv-python-headless` 4.x ships in
 `cv2.data` (5.0 no longer does), so it works with nothing but a registry install. A single
-cascade both misses little and dreams up faces in blotchy backgrounds, so a face counts
-only when two cascades agree: `frontalface_alt` proposes (it had no false alarms on
-astronaut portraits pasted onto noise, gradients and solid colours) and `frontalface_default`
-must confirm a box overlapping it. Photos are analysed with their long side at most
-`analysis_side` px, which bounds the time per photo and still finds faces down to
-`min_face` px at that scale.
+cascade dreams up faces in blotchy backgrounds (`frontalface_default` alone: 15 false
+faces in 60 photos of the astronaut pasted onto noise, blurred noise, gradients and solid
+colours), so a face counts only when two cascades agree: `frontalface_alt` proposes and
+`frontalface_default`, run around the proposal only, must find an overlapping box. That
+pair found 90 of 90 such faces (3 sizes × 3 gammas × 5 backgrounds × both orientations)
+with no false one. Photos are analysed with their long side at most `analysis_side` px,
+which bounds the time per photo and still finds faces down to `min_face` px at that scale.
 
 A stronger detector plugs in through `load_detector(path)`: an `.onnx` YuNet model (OpenCV
 Zoo's `face_detection_yunet_*.onnx`) runs through `cv2.FaceDetectorYN`.
@@ -79,14 +80,14 @@ def _largest_first(boxes: list[FaceBox]) -> list[FaceBox]:
     return sorted(boxes, key=lambda b: (-b.width * b.height, b.left, b.top))
 
 
-def _analysis_gray(image: Image.Image, analysis_side: int) -> tuple[np.ndarray, float]:
-    """Greyscale pixels with the long side at most `analysis_side`, and the scale used."""
-    scale = min(1.0, analysis_side / max(image.size))
-    small = image.convert("L")
+def _analysis_pixels(image: Image.Image, side: int, mode: str) -> tuple[np.ndarray, float]:
+    """Pixels in `mode` with the long side at most `side`, and the scale used."""
+    scale = min(1.0, side / max(image.size))
+    small = image.convert(mode)
     if scale < 1.0:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         small = small.resize(size, Image.Resampling.BOX)
-    return np.asarray(small), scale
+    return np.ascontiguousarray(np.asarray(small)), scale
 
 
 def _load_cascade(name: str) -> cv2.CascadeClassifier:
@@ -132,7 +133,7 @@ class HaarFaceDetector:
         )
         return [
             FaceBox(int(x), int(y), int(x + w), int(y + h), float(s))
-            for (x, y, w, h), s in zip(boxes, np.ravel(weights))
+            for (x, y, w, h), s in zip(boxes, np.ravel(weights), strict=True)
         ]
 
     def _confirmed(self, gray: np.ndarray, box: FaceBox) -> bool:
@@ -147,7 +148,7 @@ class HaarFaceDetector:
         return any(_overlap(shifted, c) >= self.agreement for c in found)
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
-        gray, scale = _analysis_gray(image, self.analysis_side)
+        gray, scale = _analysis_pixels(image, self.analysis_side, "L")
         proposed = self._run(self._proposer, gray, (self.min_face, 0))
         kept = [box for box in proposed if self._confirmed(gray, box)]
         return _largest_first([_rescale(b, scale, image.size) for b in kept])
@@ -166,13 +167,15 @@ def _rescale(box: FaceBox, scale: float, size: tuple[int, int]) -> FaceBox:
 
 
 class YuNetFaceDetector:
-    """OpenCV's YuNet CNN detector from a local `.onnx` file (far fewer misses on turned
-    heads than the cascades)."""
+    """OpenCV's YuNet CNN detector from a local `.onnx` file: a learned detector that is
+    not limited to frontal faces as the cascades are."""
 
-    def __init__(self, model_path: Path, *, score_threshold: float = 0.8) -> None:
+    def __init__(
+        self, model_path: Path, *, score_threshold: float = 0.8, analysis_side: int = 1024
+    ) -> None:
         self.model_path = Path(model_path)
         self.score_threshold = score_threshold
-        self.analysis_side = 1024
+        self.analysis_side = analysis_side
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(self.model_path), "", (320, 320), score_threshold
@@ -184,19 +187,18 @@ class YuNetFaceDetector:
             ) from None
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
-        scale = min(1.0, self.analysis_side / max(image.size))
-        rgb = image.convert("RGB")
-        if scale < 1.0:
-            rgb = rgb.resize((round(image.width * scale), round(image.height * scale)))
-        bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+        rgb, scale = _analysis_pixels(image, self.analysis_side, "RGB")
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, rows = self._net.detect(bgr)
-        boxes = [
-            FaceBox(round(x), round(y), round(x + w), round(y + h), float(row[-1]))
-            for row in ([] if rows is None else rows)
-            for x, y, w, h in [row[:4]]
-        ]
+        boxes = [_yunet_box(row) for row in ([] if rows is None else rows)]
         return _largest_first([_rescale(b, scale, image.size) for b in boxes])
+
+
+def _yunet_box(row: np.ndarray) -> FaceBox:
+    """A FaceDetectorYN row: x, y, width, height, 10 landmark coordinates, score."""
+    x, y, w, h = (float(v) for v in row[:4])
+    return FaceBox(round(x), round(y), round(x + w), round(y + h), float(row[-1]))
 
 
 def load_detector(model: Path | str | None = None) -> FaceDetector:

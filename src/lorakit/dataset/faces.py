@@ -34,6 +34,7 @@ from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.images import load_rgb
 from lorakit.dataset.mirror import MirrorResult, antisymmetry, judge_mirrored
 from lorakit.dataset.progress import track
+from lorakit.errors import LorakitError
 
 __all__ = [
     "FaceBox",
@@ -69,6 +70,8 @@ def crop_box_for(
     face: FaceBox, size: tuple[int, int], margin: float = DEFAULT_MARGIN
 ) -> tuple[int, int, int, int]:
     """The square crop around `face` for an image of `size` (rule in the module docstring)."""
+    if margin < 0:
+        raise LorakitError(f"face crop margin must be 0 or more, got {margin}; try 0.6")
     width, height = size
     s = face.side
     ideal = s * (1 + 2 * margin + SHOULDERS)
@@ -120,10 +123,7 @@ def _is_cut(face: FaceBox, size: tuple[int, int]) -> bool:
     pad = face.side * CUT_PAD
     width, height = size
     return (
-        face.left < pad
-        or face.top < pad
-        or face.right > width - pad
-        or face.bottom > height - pad
+        face.left < pad or face.top < pad or face.right > width - pad or face.bottom > height - pad
     )
 
 
@@ -161,7 +161,7 @@ def _photo_findings(seen: _Seen, target_side: int, margin: float) -> list[Findin
                 "use a photo that shows the whole face",
             )
         )
-    left, top, right, _ = crop_box_for(face, seen.size, margin)
+    left, _, right, _ = crop_box_for(face, seen.size, margin)
     crop_side = right - left
     if crop_side < target_side:
         found.append(

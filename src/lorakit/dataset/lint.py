@@ -278,10 +278,10 @@ def _other_file_findings(scan: DatasetScan) -> list[Finding]:
     ]
 
 
-def _face_findings(paths: Sequence[Path], native: int) -> list[Finding]:
-    from lorakit.dataset.faces import lint_faces
+def _face_findings(paths: Sequence[Path], native: int, face_model: Path | None) -> list[Finding]:
+    from lorakit.dataset.faces import lint_faces, load_detector
 
-    return lint_faces(paths, native)
+    return lint_faces(paths, native, load_detector(face_model))
 
 
 def lint_dataset(
@@ -291,6 +291,7 @@ def lint_dataset(
     trigger: str | None = None,
     caption_ext: str = ".txt",
     faces: bool = False,
+    face_model: Path | None = None,
     blur_threshold: float = BLUR_THRESHOLD,
 ) -> list[Finding]:
     """All findings for a dataset folder (or an existing scan), errors first."""
@@ -313,7 +314,7 @@ def lint_dataset(
     findings += _caption_findings(readable, trigger) if readable else []
     findings += _other_file_findings(scan)
     if faces:
-        findings += _face_findings(list(facts), native)
+        findings += _face_findings(list(facts), native, face_model)
     order = {ERROR: 0, WARNING: 1, INFO: 2}
     return sorted(findings, key=lambda f: (order[f.severity], str(f.path or ""), f.rule))
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -25,6 +25,9 @@ from lorakit.dataset.progress import track
 from lorakit.dataset.scan import DatasetScan, ImageRecord, scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from lorakit.dataset.face_detect import FaceDetector
 
 CROPS = ("none", "square", "face")
 _TRIGGER = re.compile(r"^[\w-]+$")
@@ -43,6 +46,7 @@ class PrepOptions:
     upscale: bool = False
     caption_ext: str = ".txt"
     fix_orientation: bool = False
+    face_model: Path | None = None  # a YuNet .onnx; None = OpenCV's bundled Haar cascades
 
 
 @dataclass
@@ -70,6 +74,8 @@ def _validate(options: PrepOptions) -> None:
         )
     if options.crop not in CROPS:
         raise LorakitError(f"unknown crop {options.crop!r}; use one of {', '.join(CROPS)}")
+    if options.margin < 0:
+        raise LorakitError(f"--margin must be 0 or more, got {options.margin}; try 0.6")
     if options.size is not None and options.crop == "none":
         raise LorakitError("--size needs --crop square or face; use --max-side otherwise")
     for name in ("size", "max_side", "repeats"):
@@ -94,11 +100,13 @@ def _centre_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def _face_crop(image: Image.Image, margin: float) -> tuple[Image.Image, bool]:
+def _face_crop(
+    image: Image.Image, margin: float, detector: FaceDetector
+) -> tuple[Image.Image, bool]:
     """Crop around the face (clamped to the image), squared; (centre crop, False) if none."""
     from lorakit.dataset.faces import face_crop_box
 
-    box = face_crop_box(image, margin)
+    box = face_crop_box(image, margin, detector)
     if box is None:
         return _centre_square(image), False
     left, top, right, bottom = box
@@ -139,10 +147,21 @@ def _caption_for(record: ImageRecord, options: PrepOptions) -> tuple[str, str]:
     return f"{options.trigger}, {record.caption}", "trigger"
 
 
-def _mirrored(records: Sequence[ImageRecord]) -> set[Path]:
+def _mirrored(records: Sequence[ImageRecord], detector: FaceDetector) -> set[Path]:
     from lorakit.dataset.faces import find_mirrored
 
-    return {r.path for r in find_mirrored([rec.path for rec in records]) if r.flagged}
+    paths = [rec.path for rec in records]
+    return {r.path for r in find_mirrored(paths, detector) if r.flagged}
+
+
+def _detector(options: PrepOptions) -> FaceDetector | None:
+    """Load the face detector once, and only when a face step asks for it (OpenCV is slow
+    to import and a model file may be missing)."""
+    if options.crop != "face" and not options.fix_orientation:
+        return None
+    from lorakit.dataset.faces import load_detector
+
+    return load_detector(options.face_model)
 
 
 def _stale_files(img_dir: Path, folder: Path, trigger: str, keep: set[Path]) -> list[Path]:
@@ -168,7 +187,11 @@ def _remove(paths: Sequence[Path], folder: Path) -> None:
 
 
 def _prepare_image(
-    record: ImageRecord, options: PrepOptions, flip: bool, result: PrepResult
+    record: ImageRecord,
+    options: PrepOptions,
+    flip: bool,
+    result: PrepResult,
+    detector: FaceDetector | None,
 ) -> Image.Image:
     image = load_rgb(record.path)
     if flip:
@@ -177,7 +200,8 @@ def _prepare_image(
     if options.crop == "square":
         image = _centre_square(image)
     elif options.crop == "face":
-        image, found = _face_crop(image, options.margin)
+        assert detector is not None  # _detector() loads one whenever crop == "face"
+        image, found = _face_crop(image, options.margin, detector)
         if not found:
             result.no_face.append(record.path)
     limit = options.size if options.size is not None else options.max_side
@@ -204,12 +228,13 @@ def prep_dataset(
     img_dir = out / "img"
     folder = img_dir / f"{repeats}_{options.trigger} {options.class_name.strip()}"
     result = PrepResult(folder=folder, repeats=repeats)
-    flips = _mirrored(records) if options.fix_orientation else set()
+    detector = _detector(options)
+    flips = _mirrored(records, detector) if detector and options.fix_orientation else set()
     width = max(3, len(str(len(records))))
     caption_ext = "." + options.caption_ext.lstrip(".")
     for index, record in enumerate(track(records, "Preparing images"), start=1):
         stem = f"{options.trigger}_{index:0{width}d}"
-        image = _prepare_image(record, options, record.path in flips, result)
+        image = _prepare_image(record, options, record.path in flips, result, detector)
         target = folder / f"{stem}.png"
         if _write_if_changed(target, _png_bytes(image)):
             result.written.append(target)

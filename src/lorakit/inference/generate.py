@@ -102,9 +102,13 @@ def _hash_file(path: str, mtime: float, size: int) -> str | None:
     return file_hashes(path).get("autov2")
 
 
-def model_identity(base: BaseModel) -> tuple[str, str | None]:
-    """A1111's `Model` (file stem) and `Model hash` (autov2) for the base; no hash for folders."""
-    source = Path(base.source)
+def model_identity(source: str | Path) -> tuple[str, str | None]:
+    """A1111's `Model` (file stem) and `Model hash` (autov2) of a base; no hash for folders.
+
+    Cached by path, size and mtime: sample images during training must not re-hash a
+    multi-GB checkpoint each time.
+    """
+    source = Path(source)
     if not source.is_file():
         return source.name, None
     stat = source.stat()
@@ -167,7 +171,7 @@ def _infotext(
     base: BaseModel, options: GenerateOptions, prompt: str, loras: Sequence[LoraRef], seed: int
 ) -> GenerationInfo:
     width, height = resolve_size(base, options.width, options.height)
-    model, model_hash = model_identity(base)
+    model, model_hash = model_identity(base.source)
     return GenerationInfo(
         prompt=prompt,
         negative=options.negative,

@@ -62,7 +62,7 @@ def block_prompts(prompt: str, search_replace: Sequence[str]) -> list[tuple[str,
             f"--search-replace: {search!r} does not occur in the prompt {prompt!r}; "
             "the first value must be a word of the prompt"
         )
-    return [(value, prompt.replace(search, value)) for value in search_replace]
+    return [(f"S/R: {value}", prompt.replace(search, value)) for value in search_replace]
 
 
 def _render_block(
@@ -105,11 +105,21 @@ def _text_size(font: ImageFont.FreeTypeFont, text: str) -> tuple[int, int]:
     return int(right - left), int(bottom - top)
 
 
-def _strip(width: int, height: int, text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
-    """A white strip with `text` centred (shrunk with an ellipsis if it does not fit)."""
-    strip = Image.new("RGB", (width, height), BACKGROUND)
+def _fitted(
+    text: str, width: int, font: ImageFont.FreeTypeFont
+) -> tuple[str, ImageFont.FreeTypeFont]:
+    """Shrink the font (not below 10 px) and then the text until it fits in `width`."""
+    while _text_size(font, text)[0] > width - 8 and font.size > 10:
+        font = font.font_variant(size=font.size - 1)
     while len(text) > 4 and _text_size(font, text)[0] > width - 8:
         text = text[: len(text) - 5] + "…"
+    return text, font
+
+
+def _strip(width: int, height: int, text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
+    """A white strip with `text` centred, shrunk to fit."""
+    strip = Image.new("RGB", (width, height), BACKGROUND)
+    text, font = _fitted(text, width, font)
     text_w, text_h = _text_size(font, text)
     ImageDraw.Draw(strip).text(
         ((width - text_w) / 2, (height - text_h) / 2), text, font=font, fill=INK, anchor="lt"
@@ -163,7 +173,7 @@ def weight_label(weight: float) -> str:
 
 def _grid_info(base: BaseModel, spec: GridSpec) -> GenerationInfo:
     width, height = resolve_size(base, spec.width, spec.height)
-    model, model_hash = model_identity(base)
+    model, model_hash = model_identity(base.source)
     return GenerationInfo(
         prompt=spec.prompt,
         negative=spec.negative,

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from lorakit.fileio import atomic_write_bytes
 
@@ -40,6 +41,7 @@ def plot_loss(summary: dict[str, Any], out_path: Path, best_epoch: int | None = 
         if best is not None:
             axes.axvline(best, color="tab:green", linestyle="--", label=f"best epoch {best}")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel("loss")
         axes.set_title(f"{summary.get('name', 'run')}: loss per epoch")
         axes.grid(alpha=0.3)

@@ -82,7 +82,12 @@ def undertrained_advice(epochs: list[dict[str, Any]], last_file: str | None) -> 
     before, last = scored[-2][metric], scored[-1][metric]
     if last >= before * (1 - STILL_FALLING):
         return None
-    source = f"continue from {last_file} as network weights" if last_file else "continue it"
+    source = (
+        f"continue from {last_file} as network weights "
+        f"(lorakit train CONFIG --set 'network.weights=\"{last_file}\"')"
+        if last_file
+        else "continue it"
+    )
     return (
         f"undertrained: {metric.replace('_', ' ')} still falling at the last epoch "
         f"({before:.4f} → {last:.4f}); train more epochs or {source}"
@@ -147,7 +152,7 @@ def analyse(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport
             f"best epoch {best} ({report.best_file or 'not saved'}): lowest "
             f"{report.metric.replace('_', ' ')} {value:.4f}"
         )
-    saved = [e["file"] for e in epochs if e.get("file")]
+    saved = [str(Path(run_dir) / e["file"]) for e in epochs if e.get("file")]
     signs = (
         overfitting_advice(epochs, best),
         undertrained_advice(epochs, saved[-1] if saved else None),

@@ -136,7 +136,7 @@ def sample_file_name(name: str, epoch: int, step: int, index: int) -> str:
 
 
 def _sample_info(base: BaseModel, sample: SamplePrompt, seed: int) -> GenerationInfo:
-    model, model_hash = model_identity(base)
+    model, model_hash = model_identity(base.source)
     return GenerationInfo(
         prompt=sample.prompt,
         negative=sample.negative,

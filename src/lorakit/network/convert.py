@@ -64,11 +64,15 @@ def kohya_to_diffusers(
     for name, dims in module_dims(state, source).items():
         site = index.get(name)
         if site is None:
-            raise LorakitError(f"{source}: module {name} is not part of {family.value}; check the file")
+            raise LorakitError(
+                f"{source}: module {name} is not part of {family.value}; check the file"
+            )
         down = state[f"{name}.lora_down.weight"]
         up = state[f"{name}.lora_up.weight"]
         out[f"{_diffusers_key(site)}.lora_A.weight"] = down
-        out[f"{_diffusers_key(site)}.lora_B.weight"] = (up.float() * (dims.alpha / dims.rank)).to(up.dtype)
+        out[f"{_diffusers_key(site)}.lora_B.weight"] = (up.float() * (dims.alpha / dims.rank)).to(
+            up.dtype
+        )
     return out
 
 
@@ -99,7 +103,9 @@ def diffusers_to_kohya(
     for key, value in state.items():
         suffix = next((s for s in _DIFFUSERS_SUFFIXES if key.endswith(s)), None)
         if suffix is None:
-            raise LorakitError(f"{source}: key {key} is not a diffusers LoRA weight; check the file")
+            raise LorakitError(
+                f"{source}: key {key} is not a diffusers LoRA weight; check the file"
+            )
         pairs.setdefault(key[: -len(suffix)], {})[_DIFFUSERS_SUFFIXES[suffix]] = value
     out: dict[str, torch.Tensor] = {}
     for module_key, pair in pairs.items():

@@ -19,7 +19,12 @@ from lorakit.network.metadata import family_from_metadata
 
 _CROSS_WIDTH = {768: ModelFamily.SD15, 2048: ModelFamily.SDXL}
 _CROSS_KEY = re.compile(r"attn2[._]to_k[._](lora_down|lora_A|lora[._]down)")
-_SD15_FIRST_ATTENTION = ("down_blocks_0_attentions", "down_blocks.0.attentions", "input_blocks_1_1_", "input_blocks.1.1.")
+_SD15_FIRST_ATTENTION = (
+    "down_blocks_0_attentions",
+    "down_blocks.0.attentions",
+    "input_blocks_1_1_",
+    "input_blocks.1.1.",
+)
 
 
 def is_kohya_format(state: Mapping[str, torch.Tensor]) -> bool:

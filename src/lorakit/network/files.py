@@ -119,7 +119,10 @@ def save_lora_file(
     """Write tensors + metadata (+ sshs hashes) atomically; all metadata values are strings."""
     path = Path(path)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
-    meta = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    meta = {
+        key: value if isinstance(value, str) else json.dumps(value)
+        for key, value in metadata.items()
+    }
     model_hash, legacy_hash = safetensors_hashes(tensors, meta)
     meta["sshs_model_hash"] = model_hash
     meta["sshs_legacy_hash"] = legacy_hash
@@ -128,7 +131,7 @@ def save_lora_file(
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """"fp16"/"bf16"/"fp32" (or a torch dtype) → torch dtype; LorakitError otherwise."""
+    """ "fp16"/"bf16"/"fp32" (or a torch dtype) → torch dtype; LorakitError otherwise."""
     if isinstance(name, torch.dtype):
         return name
     if name not in SAVE_DTYPES:

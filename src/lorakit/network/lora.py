@@ -32,7 +32,9 @@ from lorakit.network.modules import LoRAModule
 from lorakit.network.naming import UNET_PART, Site, site_index, text_sites, unet_sites
 
 
-def network_sites(base: BaseModel, *, unet: bool = True, text: bool = True, conv: bool = False) -> list[Site]:
+def network_sites(
+    base: BaseModel, *, unet: bool = True, text: bool = True, conv: bool = False
+) -> list[Site]:
     """The sites sd-scripts targets in `base` (text encoders first, as sd-scripts lists them)."""
     sites = text_sites(base.text_encoders) if text else []
     if unet:
@@ -115,6 +117,11 @@ class LoRANetwork(nn.Module):
         return cls.from_state_dict(base, state, multiplier, source=str(path))
 
     @property
+    def sites(self) -> list[Site]:
+        """Where each module sits (parallel to `loras`): part, module path, both names."""
+        return list(self._sites)
+
+    @property
     def names(self) -> list[str]:
         return [module.name for module in self.loras]
 
@@ -147,7 +154,9 @@ class LoRANetwork(nn.Module):
             else:
                 te_index = 0 if part == "text_encoder" else 1
                 lr = text_lrs[min(te_index, len(text_lrs) - 1)]
-            params = [p for m in self.part_modules(part) for p in (m.lora_down.weight, m.lora_up.weight)]
+            params = [
+                p for m in self.part_modules(part) for p in (m.lora_down.weight, m.lora_up.weight)
+            ]
             for param in params:
                 param.requires_grad_(lr > 0)
             if lr > 0:
@@ -155,7 +164,10 @@ class LoRANetwork(nn.Module):
         return groups
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Weights under sd-scripts' keys: `<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`."""
+        """Weights under sd-scripts' keys: `<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`.
+
+        `.alpha` is a 0-d tensor, as sd-scripts writes it.
+        """
         state: dict[str, torch.Tensor] = {}
         for module in self.loras:
             down = module.lora_down.weight.detach()
@@ -221,7 +233,10 @@ class LoRANetwork(nn.Module):
 
 
 def _load_module(module: LoRAModule, tensors: Mapping[str, torch.Tensor]) -> None:
-    for suffix, target in ((".lora_down.weight", module.lora_down), (".lora_up.weight", module.lora_up)):
+    for suffix, target in (
+        (".lora_down.weight", module.lora_down),
+        (".lora_up.weight", module.lora_up),
+    ):
         value = tensors.get(suffix)
         if value is None:
             raise LorakitError(f"{module.name}: `{suffix}` missing; the LoRA file is incomplete")

@@ -67,9 +67,15 @@ def lora_metadata(
     `clip_skip` also fill their modelspec keys; `title`/`author`/`description` only those.
     """
     family = ModelFamily(family)
-    modelspec_extra = {key: training.pop(key) for key in ("title", "author", "description") if key in training}
-    started = float(training.pop("training_started_at", training.pop("ss_training_started_at", time.time())))  # type: ignore[arg-type]
-    resolution = _resolution(training.pop("resolution", training.pop("ss_resolution", DEFAULT_RESOLUTION[family])))
+    modelspec_extra = {
+        key: training.pop(key) for key in ("title", "author", "description") if key in training
+    }
+    started = float(
+        training.pop("training_started_at", training.pop("ss_training_started_at", time.time()))
+    )  # type: ignore[arg-type]
+    resolution = _resolution(
+        training.pop("resolution", training.pop("ss_resolution", DEFAULT_RESOLUTION[family]))
+    )
     meta: dict[str, str] = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
@@ -108,7 +114,9 @@ def _modelspec(
         "modelspec.title": str(title),
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(started)).isoformat(),
-        "modelspec.prediction_type": PREDICTION_TYPES.get(meta.get("ss_prediction_type", ""), "epsilon"),
+        "modelspec.prediction_type": PREDICTION_TYPES.get(
+            meta.get("ss_prediction_type", ""), "epsilon"
+        ),
     }
     if "ss_clip_skip" in meta:
         spec["modelspec.encoder_layer"] = meta["ss_clip_skip"]

@@ -142,7 +142,9 @@ def ldm_block_map(config: Mapping[str, Any]) -> dict[str, str]:
                 mapping[f"up_blocks.{level}.attentions.{layer}"] = f"output_blocks.{index}.1"
             index += 1
         if level < len(up) - 1:
-            mapping[f"up_blocks.{level}.upsamplers.0"] = f"output_blocks.{index - 1}.{2 if cross else 1}"
+            mapping[f"up_blocks.{level}.upsamplers.0"] = (
+                f"output_blocks.{index - 1}.{2 if cross else 1}"
+            )
     return mapping
 
 
@@ -183,7 +185,9 @@ def unet_sites(
     else:
         classes = UNET_TARGETS + (UNET_CONV_TARGETS if conv else ())
         layers = [
-            entry for path, box in _unet_containers(unet, classes) for entry in leaf_layers(box, path)
+            entry
+            for path, box in _unet_containers(unet, classes)
+            for entry in leaf_layers(box, path)
         ]
     sites = []
     for path, parent, attr in layers:

@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError
+from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims
-from lorakit.network.convert import diffusers_to_kohya
 
 _UNET_GROUPS = (
     (("down_blocks", "input_blocks"), "unet down"),
     (("mid_block", "middle_block"), "unet mid"),
     (("up_blocks", "output_blocks"), "unet up"),
 )
-_TEXT_GROUPS = {"lora_te_": "text encoder", "lora_te1_": "text encoder 1", "lora_te2_": "text encoder 2"}
+_TEXT_GROUPS = {
+    "lora_te_": "text encoder",
+    "lora_te1_": "text encoder 1",
+    "lora_te2_": "text encoder 2",
+}
 
 
 @dataclass
@@ -77,7 +81,9 @@ def inspect_lora(path: str | Path) -> LoRASummary:
         family = None
     if not kohya:
         if family is None:
-            raise LorakitError(f"{path}: diffusers-format LoRA of unknown family; convert with --family")
+            raise LorakitError(
+                f"{path}: diffusers-format LoRA of unknown family; convert with --family"
+            )
         state = diffusers_to_kohya(state, family, metadata, str(path))
     dims = module_dims(state, str(path))
     grouped: dict[str, list[tuple[int, float]]] = defaultdict(list)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers.utils import logging as diffusers_logging
 from torch import nn
+from transformers.utils import logging as transformers_logging
 
 from lorakit.models import BaseModel, ModelFamily, empty_base_model
 from lorakit.network.convert import all_sites, diffusers_to_kohya, family_sites
@@ -62,13 +64,22 @@ def _fits(site: Site, suffix: str, tensor: torch.Tensor, rank: int) -> bool:
 def keymap_ignored(state: Mapping[str, torch.Tensor], sites: Sequence[Site]) -> list[str]:
     """Keys that an A1111/ComfyUI-style name → layer mapping would not apply."""
     index = site_index(sites)
-    ranks = {split_key(k)[0]: int(v.shape[0]) for k, v in state.items() if k.endswith(".lora_down.weight")}
+    ranks = {
+        split_key(k)[0]: int(v.shape[0])
+        for k, v in state.items()
+        if k.endswith(".lora_down.weight")
+    }
     ignored = []
     for key, tensor in state.items():
         name, suffix = split_key(key)
         site = index.get(name)
         rank = ranks.get(name)
-        if site is None or suffix not in SUFFIXES or rank is None or not _fits(site, suffix, tensor, rank):
+        if (
+            site is None
+            or suffix not in SUFFIXES
+            or rank is None
+            or not _fits(site, suffix, tensor, rank)
+        ):
             ignored.append(key)
     return ignored
 
@@ -83,6 +94,20 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    bars = [diffusers_logging, transformers_logging]
+    enabled = [module.is_progress_bar_enabled() for module in bars]
+    for module in bars:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was_enabled in zip(bars, enabled, strict=True):
+            if was_enabled:
+                module.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _quiet_libraries() -> Iterator[_Collect]:
     """Collect diffusers' warnings (they name dropped keys); silence transformers' reports."""
     collect = _Collect()
@@ -94,7 +119,7 @@ def _quiet_libraries() -> Iterator[_Collect]:
     loggers[0].setLevel(logging.WARNING)
     loggers[1].setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_progress_bars():
             warnings.simplefilter("ignore")
             yield collect
     finally:
@@ -143,10 +168,16 @@ def verify_lora(
     if not is_kohya_format(state):
         state = diffusers_to_kohya(state, family, metadata, str(path))
     if base is None:
-        base, label, sites = empty_base_model(family), f"{family.value} (empty)", list(family_sites(family))
+        base, label, sites = (
+            empty_base_model(family),
+            f"{family.value} (empty)",
+            list(family_sites(family)),
+        )
     else:
         label, sites = str(base.source), all_sites(base)
     report = VerifyReport(path, family, label, len({split_key(k)[0] for k in state}))
     report.keymap_ignored = keymap_ignored(state, sites)
-    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(state, base, all_sites(base))
+    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(
+        state, base, all_sites(base)
+    )
     return report

@@ -91,8 +91,11 @@ def save_state(accelerator: Any, out: Path) -> Path:
     """
     target = out / STATE
     fresh, old = out / ".state-new", out / ".state-old"
-    shutil.rmtree(fresh, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(fresh))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (fresh / "complete").write_text("ok\n")
         shutil.rmtree(old, ignore_errors=True)

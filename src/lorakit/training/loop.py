@@ -47,11 +47,11 @@ class TrainResult:
     output_dir: Path
     steps: int
     epochs_done: int
-    interrupted: bool = False
 
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: Path | None = None):
+        self.resume = ckpt.check_state(Path(resume)) if resume is not None else None
         self.config = config = resolve(config)
         self.accelerator, notes = make_accelerator(config)
         acc = self.accelerator
@@ -92,19 +92,21 @@ class Trainer:
         )
         self.latents = latent_source(config, self.base, self.items, self.out)
         self.outputs = Outputs(config, self.network, self.base, self.items, acc)
+        if config.dataset.color_aug and config.training.cache_latents != "none":
+            notes.append("color_aug changes pixels every step: latents are encoded live")
         self.notes = notes
-        self.resume = resume
         self.monitor: Monitor | None = None
         self.validator: Validator | None = None
         self.loss_acc = torch.zeros((), device=acc.device)
         self.loss_count = 0
+        self.last_loss = torch.zeros((), device=acc.device)
 
     # ----- setup -----
 
     def _setup(self) -> None:
         acc, config = self.accelerator, self.config
         if self.resume is not None:
-            acc.load_state(str(ckpt.check_state(Path(self.resume))))
+            acc.load_state(str(self.resume))
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(config, self.out / "config.toml")
@@ -133,7 +135,8 @@ class Trainer:
         with self.accelerator.autocast():
             loss = self.stepper.loss(batch)
         self.accelerator.backward(loss)
-        self.loss_acc += loss.detach()
+        self.last_loss = loss.detach()
+        self.loss_acc += self.last_loss
         self.loss_count += 1
 
     def _sync_gradients(self) -> None:
@@ -193,15 +196,11 @@ class Trainer:
             lrs.setdefault(name, float(lr) * float(group.get("d", 1.0)))
         return lrs
 
-    def _log_step(self, current: float | None) -> None:
+    def _log_step(self) -> None:
         average = self._flush_loss()
         if self.monitor is not None:
-            self.monitor.step(
-                self.progress.step,
-                current if current is not None else average,
-                average,
-                self._lrs(),
-            )
+            current = float(self.last_loss)
+            self.monitor.step(self.progress.step, current, average, self._lrs())
 
     # ----- epochs -----
 
@@ -220,7 +219,7 @@ class Trainer:
             if self.monitor is not None:
                 self.monitor.advance()
             if self.progress.step % every == 0:
-                self._log_step(None)
+                self._log_step()
             self.outputs.after_step(self.progress)
             if self.progress.step >= self.plan.total_steps:
                 return False

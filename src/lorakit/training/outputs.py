@@ -119,8 +119,6 @@ class Outputs:
             return
         from lorakit.inference.samples import generate_samples
 
-        unet = self.base.unet
-        unet.eval()
         generate_samples(
             self.base,
             self.prompts,
@@ -128,8 +126,8 @@ class Outputs:
             step=progress.step,
             epoch=progress.epoch,
             device=self.accelerator.device,
+            name=self.name,
         )
-        unet.train()
 
     def after_step(self, progress: ckpt.Progress) -> None:
         s = self.config.saving
@@ -198,4 +196,4 @@ class Outputs:
     def interrupted(self, progress: ckpt.Progress) -> None:
         """Ctrl-C: keep the current LoRA as the last file and the state for `--resume`."""
         self.save_lora(ckpt.last_file(self.out, self.name), progress)
-        self.save_state()
+        self.save_state(force=True)
