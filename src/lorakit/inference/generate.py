@@ -168,7 +168,7 @@ def render(
 
 
 def _infotext(
-    base: BaseModel, options: GenerateOptions, prompt: str, loras: Sequence[LoraRef], seed: int
+    base: BaseModel, options: GenerateOptions, prompt: str, lora_hashes: dict[str, str], seed: int
 ) -> GenerationInfo:
     width, height = resolve_size(base, options.width, options.height)
     model, model_hash = model_identity(base.source)
@@ -184,7 +184,7 @@ def _infotext(
         model_hash=model_hash,
         model=model,
         denoising_strength=options.strength if options.init_image is not None else None,
-        lora_hashes={ref.name: lora_short_hash(ref.path) for ref in loras},
+        lora_hashes=lora_hashes,
     )
 
 
@@ -194,25 +194,23 @@ def generate(
     *,
     loras: Sequence[LoraRef] = (),
     lora_dir: Path | None = None,
-    tag_prompt: bool = True,
 ) -> list[Generated]:
     """Generate `options.batch` images with the prompt's `<lora:…>` tags plus `loras` applied.
 
-    The infotext keeps the prompt's tags and adds a tag for each extra LoRA (unless
-    `tag_prompt` is False), so pasting it into A1111 applies the same LoRAs.
+    The infotext keeps the prompt's tags and adds a tag for each extra LoRA, so pasting it
+    into A1111 applies the same LoRAs.
     """
     canonical_sampler_name(options.sampler)
     parsed = parse_prompt(options.prompt, lora_dir)
     refs = [*parsed.loras, *loras]
     seed = options.seed if options.seed is not None else random.randrange(2**32)
-    shown_prompt = options.prompt
-    if tag_prompt and loras:
-        shown_prompt = ", ".join([options.prompt, *(lora_tag(ref) for ref in loras)])
+    shown_prompt = ", ".join([options.prompt, *(lora_tag(ref) for ref in loras)])
+    hashes = {ref.name: lora_short_hash(ref.path) for ref in refs}
     text_options = dataclasses.replace(options, prompt=parsed.text)
     with applied_loras(base, refs), Progress(transient=True) as progress:
         images = render(base, text_options, seed, progress)
     return [
-        Generated(image, _infotext(base, options, shown_prompt, refs, seed + i))
+        Generated(image, _infotext(base, options, shown_prompt, hashes, seed + i))
         for i, image in enumerate(images)
     ]
 

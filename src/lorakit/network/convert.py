@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.models import BaseModel, ModelFamily, empty_base_model
+from lorakit.models import ModelFamily, empty_base_model
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
-from lorakit.network.lora import config_from_dims
+from lorakit.network.lora import all_sites, config_from_dims
 from lorakit.network.metadata import lora_metadata
-from lorakit.network.naming import Site, site_index, text_sites, unet_sites
+from lorakit.network.naming import Site, site_index
 
 _DIFFUSERS_SUFFIXES = {
     ".lora_A.weight": "down",
@@ -32,12 +32,6 @@ _DIFFUSERS_SUFFIXES = {
     ".lora.down.weight": "down",
     ".lora.up.weight": "up",
 }
-
-
-def all_sites(base: BaseModel) -> list[Site]:
-    """Every Linear/Conv2d of the UNet and text encoders: what A1111/ComfyUI can patch."""
-    sites = text_sites(base.text_encoders, everything=True)
-    return sites + unet_sites(base.unet, ldm_names=base.family is ModelFamily.SDXL, everything=True)
 
 
 @lru_cache(maxsize=2)

@@ -42,6 +42,12 @@ def network_sites(
     return sites
 
 
+def all_sites(base: BaseModel) -> list[Site]:
+    """Every Linear/Conv2d of the text encoders and UNet: what A1111/ComfyUI can patch."""
+    sites = text_sites(base.text_encoders, everything=True)
+    return sites + unet_sites(base.unet, ldm_names=base.family is ModelFamily.SDXL, everything=True)
+
+
 class LoRANetwork(nn.Module):
     """The LoRA modules of one network; its parameters are only the LoRA weights."""
 
@@ -80,13 +86,9 @@ class LoRANetwork(nn.Module):
             text=config.train_text_encoder,
             conv=config.conv_rank is not None,
         )
-        plan = []
-        for site in sites:
-            if site.kind == "conv":
-                assert config.conv_rank is not None
-                plan.append((site, config.conv_rank, config.effective_conv_alpha))
-            else:
-                plan.append((site, config.rank, float(config.alpha)))
+        linear = (config.rank, float(config.alpha))
+        conv = (config.conv_rank, config.effective_conv_alpha) if config.conv_rank else linear
+        plan = [(site, *(conv if site.kind == "conv" else linear)) for site in sites]
         return cls(base, plan, config, multiplier)
 
     @classmethod
@@ -97,9 +99,13 @@ class LoRANetwork(nn.Module):
         multiplier: float = 1.0,
         source: str = "LoRA",
     ) -> LoRANetwork:
-        """A network shaped like the kohya weights in `state` (per-module rank/alpha), loaded."""
+        """A network shaped like the kohya weights in `state` (per-module rank/alpha), loaded.
+
+        Any Linear/Conv2d of the base may carry a module, not only sd-scripts' defaults, so
+        files from other trainers (LoCon on conv_in, time embedding, ...) load too.
+        """
         dims = module_dims(state, source)
-        index = site_index(network_sites(base, conv=True))
+        index = site_index(all_sites(base))
         unknown = sorted(name for name in dims if name not in index)
         if unknown:
             raise LorakitError(
@@ -108,7 +114,11 @@ class LoRANetwork(nn.Module):
             )
         plan = [(index[name], d.rank, d.alpha) for name, d in dims.items()]
         network = cls(base, plan, config_from_dims(dims), multiplier)
-        network.load_kohya_state_dict(state)
+        try:
+            network.load_kohya_state_dict(state)
+        except LorakitError:
+            network.remove()
+            raise
         return network
 
     @classmethod

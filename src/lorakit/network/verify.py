@@ -21,9 +21,10 @@ from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from lorakit.models import BaseModel, ModelFamily, empty_base_model
-from lorakit.network.convert import all_sites, diffusers_to_kohya, family_sites
+from lorakit.network.convert import diffusers_to_kohya, family_sites
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import SUFFIXES, load_lora_file, split_key
+from lorakit.network.lora import all_sites
 from lorakit.network.naming import Site, site_index
 
 ADAPTER = "lorakit_verify"
