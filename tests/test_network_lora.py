@@ -91,12 +91,15 @@ def test_param_groups_freeze_parts_with_zero_lr() -> None:
     network = LoRANetwork.inject(base, LoRAConfig(rank=2, alpha=1))
     groups = network.param_groups(1e-4, [5e-5, 0.0])
     assert [g["name"] for g in groups] == ["unet", "text_encoder"]
+    assert [g["lr"] for g in groups] == [1e-4, 5e-5]
+    frozen = network.part_modules("text_encoder_2")
+    assert len(frozen) == 12  # 2 layers × q/k/v/out/fc1/fc2
+    assert not any(p.requires_grad for m in frozen for p in (m.lora_down.weight, m.lora_up.weight))
+    trained = {id(p) for g in groups for p in g["params"]}
     assert all(
-        not p.requires_grad
-        for m in network.part_modules("text_encoder_2")
-        for p in m.parameters()
-        if p is m.lora_up.weight
+        p.requires_grad for m in network.part_modules("unet") for p in m.lora_up.parameters()
     )
+    assert not trained & {id(m.lora_up.weight) for m in frozen}
     own = {id(p) for p in network.parameters()}
     assert own == {id(p) for m in network.loras for p in (m.lora_down.weight, m.lora_up.weight)}
     network.remove()

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from lorakit.models import ModelFamily, empty_base_model
-from lorakit.network.lora import network_sites
+from lorakit.network.config import LoRAConfig
+from lorakit.network.lora import LoRANetwork, network_sites
 from lorakit.network.naming import ldm_block_map, to_ldm_path
 from lorakit.network.verify import verify_lora
 
@@ -80,6 +81,24 @@ def test_sdxl_conv_modules_use_ldm_resblock_names() -> None:
     assert len(resblocks) == 6 + 2 + 9
     assert sum("_op" in n for n in extra) == 2
     assert sum(n.endswith("_conv") for n in extra) == 2
+
+
+@pytest.mark.parametrize(
+    ("family", "shape"), [(ModelFamily.SD15, (4, 320, 1, 1)), (ModelFamily.SDXL, (4, 640))]
+)
+def test_proj_in_weights_follow_the_layer_kind(family: ModelFamily, shape: tuple[int, ...]) -> None:
+    """SD1.5's proj_in is a 1×1 conv (4-D LoRA weights), SDXL's a Linear (2-D)."""
+    base = empty_base_model(family)
+    network = LoRANetwork.inject(base, LoRAConfig(rank=4, alpha=1))
+    name = network.names[
+        [s.path for s in network.sites].index(
+            "down_blocks.0.attentions.0.proj_in"
+            if family is ModelFamily.SD15
+            else "down_blocks.1.attentions.0.proj_in"
+        )
+    ]
+    assert tuple(network.kohya_state_dict()[f"{name}.lora_down.weight"].shape) == shape
+    network.remove()
 
 
 def test_ldm_block_map_follows_the_config() -> None:

@@ -129,30 +129,36 @@ def _quiet_libraries() -> Iterator[_Collect]:
             lg.setLevel(level)
 
 
+def _applied(pipe: object, site: Site | None) -> bool:
+    """Whether diffusers put our adapter on the layer of `site`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = getattr(pipe, site.part, None) if site else None
+    if model is None or site is None:
+        return False
+    module = model.get_submodule(site.path)
+    return isinstance(module, BaseTunerLayer) and ADAPTER in module.lora_A
+
+
 def diffusers_ignored(
     state: Mapping[str, torch.Tensor], base: BaseModel, sites: Sequence[Site]
 ) -> tuple[list[str], list[str]]:
-    """(module names diffusers did not apply, its error/warning lines) for a kohya `state`."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """(module names diffusers did not apply, its error/warning lines) for a kohya `state`.
 
+    The adapter is unloaded afterwards, so `base` is left as it was.
+    """
     index = site_index(sites)
     names = sorted({split_key(key)[0] for key in state})
     pipe = base.pipeline()
     with _quiet_libraries() as collect:
         try:
             pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
+            missing = [name for name in names if not _applied(pipe, index.get(name))]
         except Exception as exc:
             return names, [f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
-        parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-        parts["text_encoder_2"] = getattr(pipe, "text_encoder_2", None)
-        missing = []
-        for name in names:
-            site = index.get(name)
-            model = parts.get(site.part) if site else None
-            module = model.get_submodule(site.path) if model is not None and site else None
-            if not (isinstance(module, BaseTunerLayer) and ADAPTER in module.lora_A):
-                missing.append(name)
-        pipe.unload_lora_weights()
+        finally:
+            with contextlib.suppress(Exception):
+                pipe.unload_lora_weights()
     errors = [line for line in collect.messages if "unsuccessful" in line or "unexpected" in line]
     return missing, errors
 

@@ -72,7 +72,9 @@ def _caption_for(record: ImageRecord, trigger: str) -> str:
     return record.subset or trigger
 
 
-def _make_item(record: ImageRecord, config: TrainConfig, buckets: list[Bucket], reg: bool):
+def _make_item(
+    record: ImageRecord, config: TrainConfig, buckets: list[Bucket], reg: bool
+) -> TrainItem:
     width, height = _image_size(record.path)
     bucket = assign_bucket(width, height, buckets)
     return TrainItem(
@@ -94,7 +96,9 @@ def bucket_set(config: TrainConfig, resolution: int) -> list[Bucket]:
     return make_buckets(resolution, ds.bucket_min, ds.bucket_max, ds.bucket_step)
 
 
-def _split(items: list[TrainItem], fraction: float, seed: int) -> tuple[list, list]:
+def _split(
+    items: list[TrainItem], fraction: float, seed: int
+) -> tuple[list[TrainItem], list[TrainItem]]:
     """Hold out `fraction` of the images (at least one, never all); 0 → validate on all."""
     if fraction <= 0 or len(items) < 2:
         return items, list(items)

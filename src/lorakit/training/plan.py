@@ -32,6 +32,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
 @dataclass(frozen=True)
 class RunPlan:
     images: int
+    repeats: list[int]
     reg_images: int
     validation_images: int
     views_per_epoch: int
@@ -45,8 +46,7 @@ class RunPlan:
 
     def lines(self, config: TrainConfig) -> list[str]:
         t = config.training
-        repeats = sorted({config.dataset.repeats} if config.dataset.repeats else set())
-        rep = f"{repeats[0]}" if repeats else "from folders"
+        rep = ", ".join(map(str, self.repeats))
         return [
             f"images: {self.images} (+{self.reg_images} regularization), "
             f"validation on {self.validation_images}",
@@ -56,9 +56,16 @@ class RunPlan:
             f"(grad_accum {t.grad_accum})",
             f"epochs: {self.epochs} → total steps: {self.total_steps}"
             + (f" (capped by max_train_steps {t.max_train_steps})" if t.max_train_steps else ""),
-            f"LoRA files after epochs: {', '.join(map(str, self.saves)) or 'last only'}",
-            f"samples after epochs: {', '.join(map(str, self.sample_epochs)) or 'none'}",
+            f"LoRA files after epochs: {_epoch_list(self.saves) or 'the last only'}",
+            f"samples after epochs: {_epoch_list(self.sample_epochs) or 'none'}",
         ]
+
+
+def _epoch_list(epochs: list[int]) -> str:
+    """`1, 2, 3` for a few epochs, `5, 10, …, 100 (20 files)` for many."""
+    if len(epochs) <= 8:
+        return ", ".join(map(str, epochs))
+    return f"{epochs[0]}, {epochs[1]}, …, {epochs[-1]} ({len(epochs)} in all)"
 
 
 def _every(n: int | None, epochs: int) -> list[int]:
@@ -77,6 +84,7 @@ def make_plan(config: TrainConfig, items: Items, world: int = 1) -> RunPlan:
     samples = _every(config.sampling.every_n_epochs, epochs) if config.sampling.prompts else []
     return RunPlan(
         images=len(items.train),
+        repeats=sorted({it.repeats for it in items.train}),
         reg_images=len(items.reg),
         validation_images=len(items.validation) if config.validation.enabled else 0,
         views_per_epoch=views,

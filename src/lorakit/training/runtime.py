@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 
 from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, load_base_model
@@ -33,6 +34,10 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, list[str]]:
     if precision == "fp16" and not torch.cuda.is_available():
         notes.append("fp16 needs a CUDA GPU; training in fp32 on this machine")
         precision = "no"
+    # accelerate keeps process-wide singletons; a process that trains twice (a notebook, the
+    # tests) must clear them or the second run inherits the first run's precision.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.training.grad_accum,
@@ -124,7 +129,9 @@ def validation_indices(items: Items) -> list[int]:
     return indices
 
 
-def text_cache(config: TrainConfig, base: BaseModel, train_te: bool, device) -> TextCache | None:
+def text_cache(
+    config: TrainConfig, base: BaseModel, train_te: bool, device: torch.device
+) -> TextCache | None:
     """Cached encoder outputs when no encoder trains and captions are fixed strings."""
     if train_te or config.dataset.shuffle_caption or not config.training.cache_text_encoder:
         return None
