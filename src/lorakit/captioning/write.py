@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,7 +30,7 @@ from lorakit.fileio import atomic_write_text
 DEFAULT_EXT = ".txt"
 
 
-class ExistingCaptions(str, Enum):
+class ExistingCaptions(StrEnum):
     OVERWRITE = "overwrite"
     APPEND = "append"
     SKIP = "skip"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
-class ModelFamily(str, Enum):
+class ModelFamily(StrEnum):
     SD15 = "sd15"
     SDXL = "sdxl"
 

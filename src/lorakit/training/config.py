@@ -15,12 +15,12 @@ schedule (guides 000/001), batch 1, fp16, cached latents, 10 epochs saving every
 from __future__ import annotations
 
 import difflib
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lorakit.errors import LorakitError
