@@ -119,7 +119,11 @@ def caption_of(folder: Path, stem: str) -> str:
 
 @pytest.mark.parametrize(("general", "character"), [(0.35, 0.85), (0.6, 0.7)])
 def test_thresholds_prefix_undesired_and_batches(
-    tagger_dir: Path, tmp_path: Path, general: float, character: float
+    tagger_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    general: float,
+    character: float,
 ) -> None:
     names = ["red", "blue", "green", "red", "blue"]
     data = make_dataset(tmp_path / "photos", names)
@@ -142,10 +146,16 @@ def test_thresholds_prefix_undesired_and_batches(
         ]
     )
     assert rc == 0
+    expected_counts: dict[str, int] = {}
     for index, name in enumerate(names):
         tags = expected_tags(COLOURS[name], general, character)
         body = [t for t in tags if t not in {"nose", "lips", "woman"}]
         assert caption_of(data, f"{index:02d}_{name}") == ", ".join(["qz7", "woman", *body]) + "\n"
+        for tag in ["qz7", "woman", *body]:
+            expected_counts[tag] = expected_counts.get(tag, 0) + 1
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    summary = {row[1].strip(): int(row[2]) for row in rows if len(row) == 5}
+    assert summary == expected_counts  # the tag frequency summary, one row per tag
     green = caption_of(data, "02_green")
     assert "^_^" in green
     assert ("hatsune miku" in green) == (character <= 0.73)
@@ -214,18 +224,26 @@ def test_existing_captions_need_a_policy(
 
 
 def test_trainer_reads_what_caption_writes(tagger_dir: Path, tmp_path: Path) -> None:
-    """Default options on both sides: the scan the trainer uses sees every new caption."""
+    """Default options on both sides: the trainer's own dataset code (a TOML config that
+    names only the model and the run folder) trains on every caption `caption` wrote."""
+    from lorakit.training.config import load_config
+    from lorakit.training.data import build_items
+
     subset = make_dataset(tmp_path / "run" / "img" / "10_qz7 woman", ["red", "green", "blue"])
     (subset / "01_green.caption").write_text("a caption in another extension")
     run = ["caption", str(tmp_path / "run"), "--tagger", str(tagger_dir), "--prefix", "qz7"]
     assert main(run) == 0
-    records = scan_dataset(tmp_path / "run").records
-    assert len(records) == 3
-    for record in records:
-        colour = record.path.stem.split("_")[1]
-        expected = ", ".join(["qz7", *expected_tags(COLOURS[colour], 0.35, 0.85)])
-        assert record.caption == expected
-        assert record.caption_path == record.path.with_suffix(".txt")
+    config_file = tmp_path / "train.toml"
+    config_file.write_text(
+        f'[model]\npath = "unused"\n[dataset]\npath = "{(tmp_path / "run").as_posix()}"\n',
+        encoding="utf-8",
+    )
+    items = build_items(load_config(config_file), 64)
+    captions = {item.path.name: item.caption for item in [*items.train, *items.validation]}
+    assert sorted(captions) == ["00_red.png", "01_green.png", "02_blue.png"]
+    for name, caption in captions.items():
+        colour = name.split("_")[1].removesuffix(".png")
+        assert caption == ", ".join(["qz7", *expected_tags(COLOURS[colour], 0.35, 0.85)])
 
 
 def test_missing_or_broken_tagger_is_one_line(
@@ -267,4 +285,4 @@ def test_other_extension_and_unreadable_image(
     assert not list(data.glob("*.txt"))
     (data / "broken.png").write_bytes(b"not a png")
     assert main(["caption", str(data), "--tagger", str(tagger_dir), "--skip"]) == 2
-    assert "broken.png: cannot read this image" in capsys.readouterr().err
+    assert "broken.png: cannot read image" in capsys.readouterr().err

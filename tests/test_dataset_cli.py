@@ -80,13 +80,31 @@ def _latin1_caption(tmp: Path) -> Path:
     return folder
 
 
+# Every command that reads a dataset folder, as argv after `dataset` (OUT: an output folder).
+FOLDER_COMMANDS = {
+    "scan": ["scan", "DIR"],
+    "lint": ["lint", "DIR"],
+    "lint-faces": ["lint", "DIR", "--faces"],
+    "prep": ["prep", "DIR", "OUT", "--trigger", "sks", "--class", "man"],
+    "prep-face": ["prep", "DIR", "OUT", "--trigger", "sks", "--class", "man", "--crop", "face"],
+    "prep-fix": ["prep", "DIR", "OUT", "--trigger", "sks", "--class", "man", "--fix-orientation"],
+    "plan": ["plan", "DIR"],
+}
+
+
+def _argv(command: str, folder: Path, out: Path) -> list[str]:
+    swap = {"DIR": str(folder), "OUT": str(out)}
+    return [swap.get(arg, arg) for arg in FOLDER_COMMANDS[command]]
+
+
 @pytest.mark.parametrize("make", [_missing, _empty, _abc_name, _latin1_caption])
-@pytest.mark.parametrize("step", ["scan", "lint", "plan"])
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
 def test_bad_folders_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], Path], step: str
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], Path], command: str
 ) -> None:
-    code, _, err = _run(capsys, step, str(make(tmp_path)))
+    code, _, err = _run(capsys, *_argv(command, make(tmp_path), tmp_path / "out"))
     _assert_one_line_error(code, err)
+    assert not (tmp_path / "out").exists()
 
 
 def _zero_byte(folder: Path) -> Path:
@@ -110,22 +128,33 @@ def _over_our_limit(folder: Path) -> Path:
     return folder / "huge.png"
 
 
-@pytest.mark.parametrize("make", [_zero_byte, _text_as_jpg, _bomb, _over_our_limit])
-def test_bad_images(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, make: Callable[[Path], Path]
-) -> None:
+@pytest.fixture(params=[_zero_byte, _text_as_jpg, _bomb, _over_our_limit])
+def bad_image(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path]:
+    """(folder, bad file): two good photos and one of the issue's bad files."""
     folder = _photos(tmp_path / "photos")
-    bad = make(folder)
-    code, _, err = _run(capsys, "prep", str(folder), str(tmp_path / "out"), "--trigger", "sks",
-                        "--class", "man")  # fmt: skip
+    return folder, request.param(folder)
+
+
+@pytest.mark.parametrize("command", ["prep", "prep-face", "prep-fix"])
+def test_bad_images_stop_prep_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bad_image: tuple[Path, Path], command: str
+) -> None:
+    folder, bad = bad_image
+    code, _, err = _run(capsys, *_argv(command, folder, tmp_path / "out"))
     _assert_one_line_error(code, err)
     assert str(bad) in err
-    code, out, err = _run(capsys, "lint", str(folder), "--json")
+
+
+@pytest.mark.parametrize("command", ["lint", "lint-faces"])
+def test_bad_images_are_one_lint_finding_each(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bad_image: tuple[Path, Path], command: str
+) -> None:
+    folder, bad = bad_image
+    code, out, err = _run(capsys, *_argv(command, folder, tmp_path / "out"), "--json")
     assert code == 1 and err == ""
-    report = json.loads(out)
-    unreadable = [f for f in report["findings"] if f["rule"] == "unreadable"]
-    assert [(f["path"], f["severity"]) for f in unreadable] == [(str(bad), "error")]
-    assert "\n" not in unreadable[0]["message"]
+    about_bad = [f for f in json.loads(out)["findings"] if f["path"] == str(bad)]
+    assert [(f["rule"], f["severity"]) for f in about_bad] == [("unreadable", "error")]
+    assert "\n" not in about_bad[0]["message"] + about_bad[0]["fix"]
 
 
 def test_bomb_header_is_really_20000_square(
@@ -143,7 +172,21 @@ def test_lint_exit_status_and_table(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0 and "image-count" in out and "below-native" in out
     draw_photo(9, (100, 120)).save(folder / "tiny.png")
     code, out, _ = _run(capsys, "lint", str(folder))
-    assert code == 1 and "too-small" in out
+    assert code == 1 and "too-small" in out and "→ replace it with a larger" in out
+    assert "1 error, 4 warnings, 1 info" in out  # 3 below-native, 1 few images
+
+
+@pytest.mark.parametrize("command", ["scan", "plan"])
+def test_scan_and_plan_name_each_bad_image_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bad_image: tuple[Path, Path], command: str
+) -> None:
+    folder, bad = bad_image
+    code, out, err = _run(capsys, *_argv(command, folder, tmp_path / "out"))
+    assert code == 0 and err == ""
+    lines = [line for line in out.splitlines() if bad.name in line]
+    assert len(lines) == 1 and lines[0].startswith(f"{bad.name}: ")
+    assert "remove it" in lines[0] or "downscale it" in lines[0]
+    assert not any("p0.png" in line or "p1.png" in line for line in out.splitlines())
 
 
 def test_scan_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

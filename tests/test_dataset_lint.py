@@ -101,6 +101,10 @@ def test_exact_duplicate_flags_the_copy(clean: Path) -> None:
     assert _rules(findings, clean / "p03 copy.png") >= {"exact-duplicate"}
     assert "exact-duplicate" not in _rules(findings, clean / "p03.png")
     assert "near-duplicate" not in _rules(findings)
+    with Image.open(clean / "p03.png") as original:
+        original.resize((400, 450)).save(clean / "p03_small.jpg", quality=80)
+    near = [f for f in lint_dataset(clean) if f.rule == "near-duplicate"]
+    assert len(near) == 1  # against the original only: the copy is already reported
 
 
 def test_near_duplicate_resized_jpeg(clean: Path) -> None:
@@ -158,24 +162,38 @@ def test_modes_and_orientation(clean: Path) -> None:
 @pytest.mark.parametrize(
     "count, severity, word",
     [
-        (5, Severity.WARNING, "few"),
-        (15, Severity.INFO, "good"),
-        (42, Severity.INFO, "ideal"),
-        (80, Severity.INFO, "many"),
-        (150, Severity.WARNING, "wasteful"),
+        (1, Severity.WARNING, "few"),
+        (10, Severity.WARNING, "few"),
+        (11, Severity.INFO, "good"),
+        (20, Severity.INFO, "good"),
+        (21, Severity.INFO, "ideal"),
+        (50, Severity.INFO, "ideal"),
+        (51, Severity.INFO, "many"),
+        (100, Severity.INFO, "many"),
+        (101, Severity.WARNING, "wasteful"),
+        (400, Severity.WARNING, "wasteful"),
     ],
 )
 def test_image_count_bands(count: int, severity: Severity, word: str) -> None:
+    """The guides' bands at both edges: ≤10 few, 11–20 good, 21–50 ideal, 51–100 many."""
     finding = _count_finding(count)
-    assert finding.severity is severity and word in finding.message
+    assert finding.severity is severity and finding.message.startswith(f"{count} images: {word}")
+    assert finding.path is None and finding.fix
 
 
-def test_few_images_on_disk(clean: Path) -> None:
-    for path in sorted(clean.glob("p0[5-9].*")) + sorted(clean.glob("p1*")):
+def _count_on_disk(folder: Path) -> Finding:
+    return next(f for f in lint_dataset(folder, trigger="sks") if f.rule == "image-count")
+
+
+def test_image_count_on_disk_at_the_few_good_edge(clean: Path) -> None:
+    for path in clean.glob("p11.*"):
         path.unlink()
-    findings = lint_dataset(clean, trigger="sks")
-    count = next(f for f in findings if f.rule == "image-count")
-    assert count.severity is Severity.WARNING and count.message.startswith("5 images")
+    eleven = _count_on_disk(clean)
+    assert eleven.severity is Severity.INFO and eleven.message.startswith("11 images: good")
+    for path in clean.glob("p10.*"):
+        path.unlink()
+    ten = _count_on_disk(clean)
+    assert ten.severity is Severity.WARNING and ten.message.startswith("10 images: few")
 
 
 def test_captions_missing_everywhere_or_for_one(clean: Path) -> None:

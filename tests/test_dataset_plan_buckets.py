@@ -62,6 +62,27 @@ def test_bucket_area_and_multiples(resolution: int) -> None:
         assert Bucket(b.height, b.width) in buckets
 
 
+def kohya_rule(resolution: int, min_side: int, max_side: int) -> set[Bucket]:
+    """sd-scripts' `make_bucket_resolutions`, stated as a rule: the square of the
+    resolution, and for every width w (multiple of 64 from min to max side) the tallest
+    multiple-of-64 height h ≤ max side with w·h ≤ resolution², in both orientations,
+    when that h is at least the min side."""
+    area = resolution * resolution
+    found = {Bucket(resolution, resolution)}
+    for w in range(min_side, max_side + 1, 64):
+        heights = [h for h in range(64, max_side + 1, 64) if w * h <= area]
+        if heights and max(heights) >= min_side:
+            found |= {Bucket(w, max(heights)), Bucket(max(heights), w)}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("resolution", "max_side"), [(512, 1024), (512, 2048), (768, 1024), (1024, 2048)]
+)
+def test_bucket_set_is_kohyas(resolution: int, max_side: int) -> None:
+    assert set(make_buckets(resolution, 256, max_side)) == kohya_rule(resolution, 256, max_side)
+
+
 @pytest.mark.parametrize("resolution", [512, 1024])
 def test_every_aspect_ratio_in_range_gets_a_close_bucket(resolution: int) -> None:
     buckets = make_buckets(resolution)

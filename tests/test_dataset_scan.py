@@ -20,17 +20,21 @@ def _png(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
 def test_flat_folder_with_captions_and_mixed_case(tmp_path: Path) -> None:
     _png(tmp_path / "a.png")
     _png(tmp_path / "b.JPG")
+    for name in ("c.jpeg", "d.BMP", "e.WebP", "f.Png"):
+        _png(tmp_path / name)
     (tmp_path / "a.txt").write_text("  sks person, smiling \n", encoding="utf-8")
     (tmp_path / "notes.md").write_text("hello")
+    (tmp_path / "clip.gif").write_bytes(b"GIF89a")
     (tmp_path / ".hidden.png").write_bytes(b"")
     scan = scan_dataset(tmp_path)
     assert scan.layout == "flat"
-    assert [r.path.name for r in scan.records] == ["a.png", "b.JPG"]
-    a, b = scan.records
+    names = ["a.png", "b.JPG", "c.jpeg", "d.BMP", "e.WebP", "f.Png"]
+    assert [r.path.name for r in scan.records] == names
+    a, b = scan.records[:2]
     assert a.caption == "sks person, smiling" and a.caption_path == tmp_path / "a.txt"
     assert b.caption is None and b.caption_path is None
     assert (a.repeats, a.subset) == (1, "")
-    assert scan.other_files == [tmp_path / "notes.md"]
+    assert scan.other_files == [tmp_path / "clip.gif", tmp_path / "notes.md"]
 
 
 def test_kohya_layout_from_run_folder(tmp_path: Path) -> None:

@@ -134,42 +134,6 @@ def one_line_error(capsys, path_part: str) -> None:
     assert path_part in err
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["dataset", "lint", "{missing}", "--faces"],
-        [
-            "dataset",
-            "prep",
-            "{missing}",
-            "{out}",
-            "--trigger",
-            "sks",
-            "--class",
-            "person",
-            "--crop",
-            "face",
-        ],
-        [
-            "dataset",
-            "prep",
-            "{missing}",
-            "{out}",
-            "--trigger",
-            "sks",
-            "--class",
-            "person",
-            "--fix-orientation",
-        ],
-    ],
-)
-def test_missing_folder_is_one_line(tmp_path, capsys, command):
-    missing = tmp_path / "nowhere"
-    argv = [a.format(missing=missing, out=tmp_path / "out") for a in command]
-    assert main(argv) == 2
-    one_line_error(capsys, "nowhere")
-
-
 def test_lint_faces_reports_unreadable_files_and_checks_the_rest(tmp_path, capsys):
     folder = bad_folder(tmp_path)
     assert main(["dataset", "lint", str(folder), "--faces", "--json"]) == 1

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lorakit.cli.main import main
 from lorakit.dataset.plan import repeats_for, total_steps
 from lorakit.dataset.scan import scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.training.config import TrainConfig, config_from_dict
-from lorakit.training.importers import import_civitai, import_kohya
+from lorakit.training.import_civitai import import_civitai
+from lorakit.training.import_kohya import import_kohya
 from lorakit.training.presets import apply_preset, dataset_counts
+from tests.test_train_support import make_concept
 
 KOHYA_FIXTURES = Path(__file__).parent / "fixtures" / "kohya_ss"
 FIXTURE_FILES = sorted(KOHYA_FIXTURES.glob("*.json"))
@@ -215,6 +218,20 @@ def test_guide_002_kohya_json_imports_and_repeats_come_from_the_folder(tmp_path:
     assert preset.dataset.repeats is None
 
 
+def test_guide_002_kohya_json_plans_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = _guide_002_dataset(tmp_path)
+    out = tmp_path / "o"
+    path = _write_json(tmp_path / "CharacterAI.json", _guide_002_kohya_json(img, out))
+    assert main(["train", "--from-kohya", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "42 images × 10 repeats (from the N_name folder names)" in printed
+    assert "420 steps × 8 epochs (training.epochs) = total steps: 3360" in printed
+    assert "samples after epochs: 1, 2, 3, 4, 5, 6, 7, 8" in printed
+    assert not out.exists(), "a dry run must not write anything"
+
+
 def test_guide_000_civitai_json_imports_into_the_expected_config(tmp_path: Path) -> None:
     path = tmp_path / "civitai.json"
     path.write_text(GUIDE_000_CIVITAI, encoding="utf-8")
@@ -238,6 +255,27 @@ def test_guide_000_civitai_json_imports_into_the_expected_config(tmp_path: Path)
     # The guide's numbers agree: 400 / 32 images = 12 repeats; 32 × 12 × 16 / batch 2 = 3072.
     assert repeats_for(32) == config.dataset.repeats
     assert total_steps(32, 12, 16, batch_size=2) == 3072
+
+
+def test_guide_000_civitai_json_plans_its_target_steps_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "civitai.json"
+    path.write_text(GUIDE_000_CIVITAI, encoding="utf-8")
+    data = make_concept(tmp_path / "data", count=32)
+    sets = [
+        'model.path="/models/sdxl.safetensors"',
+        'model.family="sdxl"',
+        f'dataset.path="{data}"',
+        f'saving.output_dir="{tmp_path / "out"}"',
+    ]
+    argv = ["train", "--from-civitai", str(path), "--dry-run"]
+    assert main([*argv, *(arg for item in sets for arg in ("--set", item))]) == 0
+    printed = capsys.readouterr().out
+    # Guide 000: 32 images × 12 repeats × 16 epochs / batch 2 = CivitAI's targetSteps 3072.
+    assert "32 images × 12 repeats (from dataset.repeats)" in printed
+    assert "192 steps × 16 epochs (training.epochs) = total steps: 3072" in printed
+    assert "targetSteps 3072" in printed
 
 
 def test_kohya_learning_rate_fallbacks(tmp_path: Path) -> None:

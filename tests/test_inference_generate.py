@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from lorakit.inference.generate import GenerateOptions, applied_loras, generate
 from lorakit.inference.metadata import parse_parameters, read_parameters
 from lorakit.inference.prompt import LoraRef
 from lorakit.inference.samples import SamplePrompt, generate_samples
-from lorakit.models import BaseModel, ModelFamily, load_base_model
+from lorakit.models import BaseModel, load_base_model
 from lorakit.network.config import LoRAConfig
 from lorakit.network.lora import LoRANetwork
-from tests.helpers.tiny import tiny_sd15_pipeline, tiny_sdxl_pipeline
+from tests.test_network_support import tiny_base
 
 STEPS = 2
 
@@ -29,21 +30,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def base_from_pipeline(pipe, family: str) -> BaseModel:
-    """A BaseModel over a tiny in-memory pipeline (no disk round trip needed)."""
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
-    return BaseModel(
-        ModelFamily(family),
-        pipe.unet,
-        pipe.vae,
-        encoders,
-        tokenizers,
-        dict(pipe.scheduler.config),
-        Path(f"/nonexistent/tiny-{family}"),
-    )
 
 
 def make_lora(base: BaseModel, path: Path, seed: int, scale: float = 0.3) -> Path:
@@ -65,7 +51,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sd15() -> BaseModel:
-    return base_from_pipeline(tiny_sd15_pipeline(), "sd15")
+    return tiny_base("sd15")
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +92,44 @@ def test_two_loras_stack(sd15, loras) -> None:
     assert np.array_equal(pixels(by_hand.image), both)
 
 
-def test_batch_uses_consecutive_seeds_and_img2img_keeps_size(sd15) -> None:
+def unet_calls(base: BaseModel, options: GenerateOptions) -> tuple[int, np.ndarray]:
+    """How many UNet forward passes one generation makes, and its image."""
+    calls = []
+    handle = base.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        image = generate(base, options)[0].image
+    finally:
+        handle.remove()
+    return len(calls), pixels(image)
+
+
+def test_batch_uses_consecutive_seeds(sd15) -> None:
     results = generate(sd15, GenerateOptions(prompt="a cat", steps=STEPS, seed=10, batch=2))
     assert [r.info.seed for r in results] == [10, 11]
-    init = Image.new("RGB", (96, 80), (200, 30, 30))
-    options = GenerateOptions(
-        prompt="a cat", steps=4, seed=3, width=64, height=64, init_image=init, strength=0.5
-    )
-    result = generate(sd15, options)[0]
-    assert result.image.size == (64, 64)
-    assert result.info.denoising_strength == 0.5
+    assert not np.array_equal(pixels(results[0].image), pixels(results[1].image))
+
+
+def test_img2img_follows_strength_and_the_init_image(sd15) -> None:
+    red = Image.new("RGB", (96, 80), (200, 30, 30))
+    blue = Image.new("RGB", (96, 80), (20, 40, 220))
+
+    def img2img(init: Image.Image, strength: float) -> GenerateOptions:
+        options = GenerateOptions("a cat", width=64, height=64, steps=10, seed=3)
+        return dataclasses.replace(options, init_image=init, strength=strength)
+
+    # A1111 / diffusers: denoising strength s runs the last s x steps of the schedule.
+    low_calls, low = unet_calls(sd15, img2img(red, 0.3))
+    high_calls, _ = unet_calls(sd15, img2img(red, 0.8))
+    assert (low_calls, high_calls) == (3, 8)
+    _, from_blue = unet_calls(sd15, img2img(blue, 0.3))
+    assert low.shape == (64, 64, 3)
+    assert np.abs(low - from_blue).mean() > 1.0, "the init image is ignored"
+    result = generate(sd15, img2img(red, 0.3))[0]
+    assert result.info.denoising_strength == 0.3
 
 
 def test_sdxl_generates() -> None:
-    base = base_from_pipeline(tiny_sdxl_pipeline(), "sdxl")
+    base = tiny_base("sdxl")
     result = generate(base, GenerateOptions(prompt="a dog", steps=STEPS, seed=1))[0]
     assert result.image.size == (64, 64)
     assert pixels(result.image).std() > 0
@@ -193,3 +203,20 @@ def test_cli_missing_lora_is_one_line(tiny_sd15_dir, loras, tmp_path, capsys) ->
     assert code == 2
     assert len(err.splitlines()) == 1
     assert "styleA" in err and "styleB" in err
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_half_precision_unet_with_fp32_vae(family: str) -> None:
+    """The GPU layout (bf16 UNet and text encoders, fp32 VAE), exercised on the CPU."""
+    base = tiny_base(family)
+    for module in (base.unet, *base.text_encoders):
+        module.to(torch.bfloat16)
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    for options in (
+        GenerateOptions(prompt="a dog", steps=STEPS, seed=1),
+        GenerateOptions(prompt="a dog", steps=4, seed=1, init_image=init, strength=0.5),
+    ):
+        image = pixels(generate(base, options)[0].image)
+        assert image.shape == (64, 64, 3) and image.std() > 1.0
+    assert base.vae.dtype == torch.float32, "the shared VAE must stay fp32"
+    assert base.unet.dtype == torch.bfloat16

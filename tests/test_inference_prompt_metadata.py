@@ -125,15 +125,6 @@ def test_png_without_parameters_is_an_error(tmp_path: Path) -> None:
         read_parameters(path)
 
 
-def test_every_sampler_builds_from_the_base_config() -> None:
-    config = json.loads((CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json").read_text())
-    for name, spec in SAMPLERS.items():
-        scheduler = make_scheduler(name, config)
-        assert isinstance(scheduler, spec.scheduler)
-        assert scheduler.config.num_train_timesteps == config["num_train_timesteps"]
-    assert make_scheduler("dpm++ 2m karras", config).config.use_karras_sigmas is True
-
-
 def test_unknown_sampler_lists_valid_names() -> None:
     with pytest.raises(LorakitError) as info:
         canonical_sampler_name("Euler b")
@@ -146,19 +137,16 @@ def test_sd_scripts_prompt_file(tmp_path: Path) -> None:
         "# comment line\n"
         "\n"
         "1girl, photo, 8K --w 512--h 640--s 35  --n Anime, Cartoon, child\n"
-        "sks dog --d 7 --l 5.5 --ss k_euler --w 768\n",
+        "sks dog --D 7 --l 5.5 --ss k_euler --W 770 --cn pose.png --s 5000\n",
         encoding="utf-8",
     )
     first, second = parse_prompt_file(path)
     assert (first.prompt, first.negative) == ("1girl, photo, 8K", "Anime, Cartoon, child")
     assert (first.width, first.height, first.steps, first.seed) == (512, 640, 35, None)
-    assert (second.prompt, second.seed, second.cfg, second.sampler, second.width) == (
-        "sks dog",
-        7,
-        5.5,
-        "Euler",
-        768,
-    )
+    # As sd-scripts: keys in any case, other models' options dropped, steps ≤ 1000,
+    # sizes rounded down to a multiple of 8.
+    assert (second.prompt, second.seed, second.cfg, second.sampler) == ("sks dog", 7, 5.5, "Euler")
+    assert (second.width, second.steps) == (768, 1000)
 
 
 def test_bad_prompt_file_option_names_the_line(tmp_path: Path) -> None:
@@ -185,3 +173,62 @@ def test_lora_hash_follows_a1111(tmp_path: Path) -> None:
     stamped = tmp_path / "stamped.safetensors"
     save_file({"w": torch.zeros(2)}, stamped, metadata={"sshs_model_hash": "f" * 64})
     assert lora_short_hash(stamped) == "f" * 12
+
+
+def test_reads_a1111_schedule_type_as_one_sampler_name() -> None:
+    # A1111 1.9+ splits the sampler and its schedule; lorakit's names join them.
+    text = (
+        "sks portrait\nNegative prompt: blurry\n"
+        "Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, "
+        "Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"
+    )
+    info = parse_parameters(text)
+    assert info.sampler == "DPM++ 2M Karras"
+    assert info.extra == {"Version": "v1.10.1"}
+    automatic = parse_parameters(text.replace("Karras", "Automatic"))
+    assert automatic.sampler == "DPM++ 2M" and "Schedule type" not in automatic.extra
+
+
+def test_lora_hash_names_lose_separators_like_a1111() -> None:
+    info = GenerationInfo(prompt="p", lora_hashes={"face, v2": "abcdefabcdef", "x:y": "0" * 12})
+    line = format_parameters(info).splitlines()[-1]
+    assert line.endswith('Lora hashes: "face v2: abcdefabcdef, xy: 000000000000"')
+
+
+# The diffusers documentation's "A1111/k-diffusion → Diffusers" table, written out here.
+DIFFUSERS_TABLE = {
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler", {}),
+    "DPM++ 2S a Karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "LMS Karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    # k-diffusion's DPM++ SDE itself (diffusers' port), not the table's single-step ODE.
+    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
+}
+
+
+def test_every_sampler_builds_and_follows_the_diffusers_table() -> None:
+    config = json.loads((CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json").read_text())
+    assert set(DIFFUSERS_TABLE) <= set(SAMPLERS)
+    for name in SAMPLERS:
+        scheduler = make_scheduler(name, config)
+        assert scheduler.config.num_train_timesteps == config["num_train_timesteps"]
+        assert scheduler.config.beta_schedule == config["beta_schedule"], name
+        cls, settings = DIFFUSERS_TABLE.get(name, (type(scheduler).__name__, {}))
+        assert type(scheduler).__name__ == cls, name
+        for key, value in settings.items():
+            assert scheduler.config[key] == value, (name, key)
+    assert make_scheduler("dpm++ 2m karras", config).config.use_karras_sigmas is True

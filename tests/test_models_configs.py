@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from lorakit.models import ModelFamily, empty_base_model
 from lorakit.models.components import bundled_config_dir
 from lorakit.models.loader import load_single_file_state
-from tests.helpers.ldm import ldm_state_dict
+from tests.helpers.ldm import base_ldm_state_dict
+from tests.test_network_support import one_torch_thread  # noqa: F401
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -47,13 +47,7 @@ def test_full_size_ldm_layout_loads_strictly_into_bundled_configs(
     """The writer's full-size keys are what diffusers recognises as the released models, and
     every one of them lands in a parameter of the bundled configs (meta tensors: no memory)."""
     base = empty_models[family]
-    pipe = SimpleNamespace(
-        unet=base.unet,
-        vae=base.vae,
-        text_encoder=base.text_encoders[0],
-        text_encoder_2=base.text_encoders[-1],
-    )
-    state = ldm_state_dict(pipe, family.value)
+    state = base_ldm_state_dict(base)
     assert infer_diffusers_model_type(state) == kind
     source = Path(f"{family.value}-meta.safetensors")
     loaded = load_single_file_state(

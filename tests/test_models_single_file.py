@@ -17,6 +17,7 @@ from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, file_hashes, load_base_model
 from lorakit.models.components import load_tokenizers
 from tests.helpers.ldm import write_ldm_checkpoint
+from tests.test_network_support import one_torch_thread  # noqa: F401
 
 FAMILIES = [ModelFamily.SD15, ModelFamily.SDXL]
 
@@ -108,7 +109,9 @@ def test_single_file_matches_its_folder_weights_and_image(
     expected = _image(reference)
     got = _image(base.pipeline(scheduler=reference.scheduler))
     assert expected.std() > 0.01
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # Weights are equal bit for bit (above); the pixels may differ by float rounding only,
+    # because CPU matmul kernels depend on how the weight buffers happen to be aligned.
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -190,8 +193,11 @@ def test_family_option_must_match_the_file(ldm_files: dict[ModelFamily, Path]) -
 
 def test_file_hashes_are_sha256_and_a1111_autov2(ldm_files: dict[ModelFamily, Path]) -> None:
     path = ldm_files[ModelFamily.SD15]
-    expected = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert file_hashes(path) == {"sha256": expected, "autov2": expected[:10]}
+    data = path.read_bytes()
+    assert len(data) > 0x110000  # the legacy hash window lies inside the file
+    expected = hashlib.sha256(data).hexdigest()
+    legacy = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert file_hashes(path) == {"sha256": expected, "autov2": expected[:10], "legacy": legacy}
     with pytest.raises(LorakitError, match="not a file"):
         file_hashes(path.parent)
 

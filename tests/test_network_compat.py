@@ -14,7 +14,8 @@ from lorakit.network.convert import convert_file
 from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
 from lorakit.network.verify import verify_lora
-from tests.test_network_support import forward, max_diff, randomise, tiny_base
+from tests import test_network_support as support
+from tests.test_network_support import one_torch_thread  # noqa: F401
 
 
 # With conv_rank every module kind is covered: Linear, 1×1 conv (SD1.5 proj_in/out),
@@ -23,29 +24,29 @@ from tests.test_network_support import forward, max_diff, randomise, tiny_base
 def test_diffusers_load_lora_weights_matches_injected_network(
     tmp_path: Path, family: str, conv_rank: int | None
 ) -> None:
-    base = tiny_base(family)
-    plain_unet, plain_text = forward(base)
+    base = support.tiny_base(family)
+    plain_unet, plain_text = support.forward(base)
     config = LoRAConfig(rank=4, alpha=2.0, conv_rank=conv_rank, conv_alpha=1.5)
     network = LoRANetwork.inject(base, config, multiplier=1.0)
-    randomise(network)
-    lora_unet, lora_text = forward(base)
-    assert max_diff(lora_unet, plain_unet) > 1e-3
-    assert max_diff(lora_text, plain_text) > 1e-3
+    support.randomise(network)
+    lora_unet, lora_text = support.forward(base)
+    assert support.max_diff(lora_unet, plain_unet) > 1e-3
+    assert support.max_diff(lora_text, plain_text) > 1e-3
     path = network.save(tmp_path / "net.safetensors", dtype=torch.float32)
 
-    other = tiny_base(family)
+    other = support.tiny_base(family)
     other.pipeline().load_lora_weights(str(path))
-    diffusers_unet, diffusers_text = forward(other)
-    assert max_diff(diffusers_unet, lora_unet) <= 1e-5
-    assert max_diff(diffusers_text, lora_text) <= 1e-5
+    diffusers_unet, diffusers_text = support.forward(other)
+    assert support.max_diff(diffusers_unet, lora_unet) <= 1e-5
+    assert support.max_diff(diffusers_text, lora_text) <= 1e-5
 
-    report = verify_lora(path, base=tiny_base(family))
+    report = verify_lora(path, base=support.tiny_base(family))
     assert report.ok, report
 
 
 def _peft_lora(base_family: str, tmp_path: Path) -> tuple[Path, torch.Tensor, list[torch.Tensor]]:
     """A diffusers-format LoRA written by diffusers/peft themselves, and its outputs."""
-    base = tiny_base(base_family)
+    base = support.tiny_base(base_family)
     unet_config = LoraConfig(
         r=4,
         lora_alpha=6,
@@ -62,7 +63,7 @@ def _peft_lora(base_family: str, tmp_path: Path) -> tuple[Path, torch.Tensor, li
     base.unet.add_adapter(unet_config)
     for encoder in base.text_encoders:
         encoder.add_adapter(text_config)
-    unet, text = forward(base)
+    unet, text = support.forward(base)
     pipe = base.pipeline()
     layers = {"unet_lora_layers": get_peft_model_state_dict(base.unet)}
     layers["text_encoder_lora_layers"] = get_peft_model_state_dict(base.text_encoders[0])
@@ -83,16 +84,16 @@ def test_diffusers_format_lora_converted_to_kohya_matches(tmp_path: Path, family
     assert all(key.startswith(("lora_unet_", "lora_te")) for key in state)
     assert metadata["ss_base_model_version"].startswith("sdxl" if family == "sdxl" else "sd_v1")
 
-    base = tiny_base(family)
+    base = support.tiny_base(family)
     LoRANetwork.from_file(base, kohya)
-    unet, text = forward(base)
-    assert max_diff(unet, peft_unet) <= 1e-5
-    assert max_diff(text, peft_text) <= 1e-5
-    assert verify_lora(kohya, base=tiny_base(family)).ok
+    unet, text = support.forward(base)
+    assert support.max_diff(unet, peft_unet) <= 1e-5
+    assert support.max_diff(text, peft_text) <= 1e-5
+    assert verify_lora(kohya, base=support.tiny_base(family)).ok
 
     back = convert_file(kohya, tmp_path / "back.safetensors", "diffusers")
-    fresh = tiny_base(family)
+    fresh = support.tiny_base(family)
     fresh.pipeline().load_lora_weights(str(back))
-    unet_back, text_back = forward(fresh)
-    assert max_diff(unet_back, peft_unet) <= 1e-5
-    assert max_diff(text_back, peft_text) <= 1e-5
+    unet_back, text_back = support.forward(fresh)
+    assert support.max_diff(unet_back, peft_unet) <= 1e-5
+    assert support.max_diff(text_back, peft_text) <= 1e-5

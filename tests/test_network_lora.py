@@ -18,7 +18,13 @@ from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
 from lorakit.network.metadata import lora_metadata
 from lorakit.network.modules import LoRAModule
-from tests.test_network_support import forward, max_diff, randomise, tiny_base
+from tests.test_network_support import (
+    forward,
+    max_diff,
+    one_torch_thread,  # noqa: F401
+    randomise,
+    tiny_base,
+)
 
 
 def test_stacked_networks_add_up_and_remove_in_any_order() -> None:
@@ -222,3 +228,29 @@ def test_cli_inspect_verify_convert(tmp_path: Path, tiny_sd15_dir: Path, capsys)
     assert all(k.startswith(("unet.", "text_encoder.")) for k in load_lora_file(out)[0])
     assert main(["lora", "inspect", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "diffusers"
+
+
+def test_bf16_frozen_layer_with_fp32_adapter_with_and_without_autocast() -> None:
+    """The training setup: bf16 base weights, fp32 LoRA parameters, with or without autocast."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
+    module = LoRAModule("probe", layer, 4, 2.0, multiplier=0.5)
+    with torch.no_grad():
+        module.lora_up.weight.normal_()
+    assert module.lora_down.weight.dtype == module.lora_up.weight.dtype == torch.float32
+    x = torch.randn(3, 16).to(torch.bfloat16)
+    base = x.float() @ layer.weight.float().T + layer.bias.float()
+    delta = x.float() @ module.lora_down.weight.T @ module.lora_up.weight.T
+    expected = base + 0.5 * 0.5 * delta
+    for autocast in (False, True):
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(x)
+        assert out.dtype == torch.bfloat16
+        assert max_diff(out.float().detach(), expected.detach()) < 0.02 * float(
+            expected.abs().max()
+        )
+        out.float().sum().backward()
+        assert module.lora_up.weight.grad is not None
+        assert module.lora_up.weight.grad.dtype == torch.float32
+        assert layer.weight.grad is None

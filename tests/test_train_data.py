@@ -97,3 +97,15 @@ def test_v_prediction_target_and_min_snr_weights() -> None:
     assert torch.allclose(eps.snr_weights(t), torch.clamp(snr, max=5.0) / snr)
     assert eps.snr_weights(t)[0] < 1.0 and eps.snr_weights(t)[1] == 1.0
     assert torch.allclose(v.snr_weights(t), torch.clamp(snr, max=5.0) / (snr + 1))
+
+
+def test_validation_holds_out_a_split_or_uses_every_image(tmp_path: Path) -> None:
+    data = make_concept(tmp_path / "d", count=4)
+    held = build_items(
+        config_from_dict({"dataset": {"path": str(data)}, "validation": {"split": 0.5}}), 64
+    )
+    assert len(held.train) == len(held.validation) == 2
+    assert not {it.path for it in held.train} & {it.path for it in held.validation}
+    every = build_items(config_from_dict({"dataset": {"path": str(data)}}), 64)
+    assert [it.path for it in every.validation] == [it.path for it in every.train]
+    assert len(every.train) == 4

@@ -107,7 +107,12 @@ def test_lora_metadata_and_txt_captions(sd15_run: Path) -> None:
     assert meta["ss_network_dim"] == "4"
     assert float(meta["ss_unet_lr"]) == pytest.approx(3e-3)
     assert meta["ss_optimizer"] == "adamw"
-    assert meta["ss_steps"] == "24"
+    assert meta["ss_steps"] == "24" and meta["ss_max_train_steps"] == "24"
+    assert (meta["ss_epoch"], meta["ss_num_epochs"]) == ("3", "3")
+    assert meta["ss_num_batches_per_epoch"] == "8"
+    assert meta["ss_resolution"] == "(64, 64)"
+    assert float(meta["ss_text_encoder_lr"]) == 0.0
+    assert meta["ss_lr_scheduler"] == "constant"
     assert float(meta["ss_min_snr_gamma"]) == 5.0
     tags = json.loads(meta["ss_tag_frequency"])
     assert tags == {"data": {"sks disc": 4}}
@@ -128,29 +133,64 @@ def test_lora_loads_in_diffusers(sd15_run: Path, tiny_sd15_dir: Path) -> None:
 
 
 def test_sdxl_trains_with_two_text_encoder_rates(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
     data = make_concept(tmp_path / "data", count=3)
     config = fast_config(
         tiny_sdxl_dir,
         data,
-        tmp_path / "out",
-        dataset={"repeats": 4},
+        out,
+        dataset={"repeats": 4, "flip_aug": True},
         optimizer={"unet_lr": 3e-3, "text_encoder_lr": [1e-3, 5e-4]},
         training={"epochs": 2},
     )
     train(config)
-    val = _losses(tmp_path / "out", "val_loss")
+    val = _losses(out, "val_loss")
     assert val[-1] < val[0]
-    state, meta = load_lora_file(tmp_path / "out" / "tiny.safetensors")
+    state, meta = load_lora_file(out / "tiny.safetensors")
     assert any(k.startswith("lora_te1_") for k in state)
     assert any(k.startswith("lora_te2_") for k in state)
     assert meta["ss_base_model_version"].startswith("sdxl")
+    assert meta["ss_text_encoder_lr"] == "[0.001, 0.0005]"
+    # Each encoder trained at its own rate, logged under lr/<part>.
+    events = EventAccumulator(str(out / "logs"))
+    events.Reload()
+    assert events.Scalars("lr/text_encoder")[0].value == pytest.approx(1e-3)
+    assert events.Scalars("lr/text_encoder_2")[0].value == pytest.approx(5e-4)
+    assert events.Scalars("lr/unet")[0].value == pytest.approx(3e-3)
+
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir, local_files_only=True)
+    ids = pipe.tokenizer_2("sks disc", padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        before = pipe.text_encoder_2(ids.input_ids).text_embeds
+        pipe.load_lora_weights(str(out), weight_name="tiny.safetensors")
+        after = pipe.text_encoder_2(ids.input_ids).text_embeds
+    assert not torch.allclose(before, after)
 
 
-def test_nan_loss_stops_with_a_clear_message(tiny_sd15_dir: Path, tmp_path: Path) -> None:
+def test_nan_loss_stops_and_keeps_the_last_good_epoch_file(
+    tiny_sd15_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
     data = make_concept(tmp_path / "data", count=2)
-    config = fast_config(
-        tiny_sd15_dir, data, tmp_path / "out", training={"noise_offset": float("inf")}
+    train(fast_config(tiny_sd15_dir, data, out), stop_after_epoch=1)
+    good = out / "tiny-000001.safetensors"
+    saved, _ = load_lora_file(good)
+    # Epoch 2 diverges; step saves are due every step but a NaN LoRA is never written.
+    diverging = fast_config(
+        tiny_sd15_dir,
+        data,
+        out,
+        training={"noise_offset": float("inf"), "log_every_n_steps": 50},
+        saving={"save_every_n_steps": 1},
     )
-    with pytest.raises(LorakitError, match="NaN"):
-        train(config)
-    assert not (tmp_path / "out" / "tiny.safetensors").exists()
+    with pytest.raises(LorakitError, match="NaN") as err:
+        train(diverging, resume=out / "state")
+    message = str(err.value)
+    assert "\n" not in message and "epoch 2" in message and str(good) in message
+    names = sorted(p.name for p in out.glob("*.safetensors"))
+    assert names == ["tiny-000001.safetensors"]
+    kept, _ = load_lora_file(good)
+    assert all(torch.equal(kept[k], saved[k]) for k in saved)
+    assert all(torch.isfinite(t.float()).all() for t in kept.values())

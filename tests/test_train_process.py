@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from lorakit.network.files import load_lora_file
-from lorakit.training.config import load_config, save_config
+from lorakit.training.config import TrainConfig, load_config, save_config
 from lorakit.training.loop import train
-from tests.test_train_support import fast_config, make_concept
+from tests.test_train_support import concept_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,25 +40,28 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None
     raise AssertionError("training did not reach the expected point in time")
 
 
-def test_sigkill_mid_epoch_leaves_loadable_files(tiny_sd15_dir: Path, tmp_path: Path) -> None:
-    data = make_concept(tmp_path / "data", count=3)
-    out = tmp_path / "out"
-    config = fast_config(
-        tiny_sd15_dir,
-        data,
-        out,
-        dataset={"repeats": 8},
-        training={"epochs": 2, "batch_size": 1},
-        saving={"save_every_n_steps": 2, "keep_last": 3},
-    )
+def _launch(config: TrainConfig, tmp_path: Path) -> subprocess.Popen:
+    """`lorakit train run.toml` in a child process, stderr captured."""
     save_config(config, tmp_path / "run.toml")
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "lorakit", "train", str(tmp_path / "run.toml")],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_sigkill_mid_epoch_leaves_loadable_files(tiny_sd15_dir: Path, tmp_path: Path) -> None:
+    config, out = concept_run(
+        tmp_path,
+        tiny_sd15_dir,
+        count=3,
+        dataset={"repeats": 8},
+        training={"epochs": 2, "batch_size": 1},
+        saving={"save_every_n_steps": 2, "keep_last": 3},
+    )
+    proc = _launch(config, tmp_path)
     try:
         _wait_for(lambda: len(list(out.glob("tiny-step*.safetensors"))) >= 3, proc)
         time.sleep(0.3)
@@ -70,6 +73,7 @@ def test_sigkill_mid_epoch_leaves_loadable_files(tiny_sd15_dir: Path, tmp_path: 
     assert proc.returncode == -signal.SIGKILL
     saved = [p for p in out.glob("*.safetensors") if not p.name.startswith(".")]
     assert saved
+    assert len(list(out.glob("tiny-step*.safetensors"))) <= 3  # keep_last
     for path in saved:
         state, meta = load_lora_file(path)
         assert state and meta["ss_network_dim"] == "4"
@@ -83,24 +87,14 @@ def test_sigkill_mid_epoch_leaves_loadable_files(tiny_sd15_dir: Path, tmp_path: 
 
 
 def test_ctrl_c_saves_state_and_the_current_lora(tiny_sd15_dir: Path, tmp_path: Path) -> None:
-    data = make_concept(tmp_path / "data", count=2)
-    out = tmp_path / "out"
-    config = fast_config(
+    config, out = concept_run(
+        tmp_path,
         tiny_sd15_dir,
-        data,
-        out,
         dataset={"repeats": 30},
         training={"epochs": 1, "batch_size": 1},
         saving={"save_every_n_steps": 2, "save_state": False},
     )
-    save_config(config, tmp_path / "run.toml")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lorakit", "train", str(tmp_path / "run.toml")],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _launch(config, tmp_path)
     try:
         _wait_for(lambda: any(out.glob("tiny-step*.safetensors")), proc)
         proc.send_signal(signal.SIGINT)
@@ -110,6 +104,9 @@ def test_ctrl_c_saves_state_and_the_current_lora(tiny_sd15_dir: Path, tmp_path: 
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
+    # The settings are printed before training starts.
+    assert "adamw, unet lr 0.001, text encoder lr 0.0" in err
+    assert "total steps: 60" in err
     _, meta = load_lora_file(out / "tiny.safetensors")
     assert int(meta["ss_steps"]) < 60
     assert (out / "state" / "complete").is_file()
@@ -123,9 +120,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_cpu_run_through_accelerate_launch(tiny_sd15_dir: Path, tmp_path: Path) -> None:
-    data = make_concept(tmp_path / "data", count=4)
-    out = tmp_path / "out"
-    config = fast_config(tiny_sd15_dir, data, out, dataset={"repeats": 2}, training={"epochs": 2})
+    config, out = concept_run(
+        tmp_path, tiny_sd15_dir, count=4, dataset={"repeats": 2}, training={"epochs": 2}
+    )
     save_config(config, tmp_path / "run.toml")
     command = [
         sys.executable, "-m", "accelerate.commands.launch",

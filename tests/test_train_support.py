@@ -46,3 +46,12 @@ def fast_config(model: Path, data: Path, out: Path, **sections: dict[str, Any]) 
         "validation": {"timesteps": 2},
     }
     return config_from_dict(merge(base, sections), "test config")
+
+
+def concept_run(
+    tmp_path: Path, model: Path, count: int = 2, **sections: dict[str, Any]
+) -> tuple[TrainConfig, Path]:
+    """`count` concept images in `tmp_path/data` and a fast config writing to `tmp_path/out`."""
+    data = make_concept(tmp_path / "data", count=count)
+    out = tmp_path / "out"
+    return fast_config(model, data, out, **sections), out

@@ -1,9 +1,13 @@
 """`python -m lorakit.demo` (what `make demo` runs): the whole job, step by step.
 
-It draws a folder of sample "photos" of one character with Pillow (no downloads), with a
-few of the problems real folders have, then runs the same commands a user would:
-lint → curate → prep → plan. Each step is one function so later stages (captioning,
-training, sampling) slot in as further steps.
+It draws a folder of sample "photos" of one character (no downloads), with a few of the
+problems real folders have, then runs the commands a user would: lint → curate → prep →
+plan → train → grid → pick → generate. Every command goes through the same entry point
+as `lorakit` on the command line, so the demo shows (and tests) the real thing.
+
+The base model is a tiny SD1.5-layout model with RANDOM weights, written on the spot: a
+pretrained tiny model small enough to ship does not exist yet. Training, the LoRA files,
+the grid and the PNG metadata are all real; the pictures are noise, and the output says so.
 """
 
 from __future__ import annotations
@@ -12,10 +16,9 @@ import argparse
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 
 from lorakit.cli.dataset import print_findings
@@ -23,87 +26,67 @@ from lorakit.cli.main import main as lorakit
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.lint import has_errors, lint_dataset
 from lorakit.dataset.scan import is_image_file
+from lorakit.demo_photos import CLASS, TRIGGER, draw_photo, write_sample_photos
+from lorakit.errors import LorakitError
+from lorakit.fileio import atomic_write_text
 
-TRIGGER = "sks"
-CLASS = "person"
-PHOTOS = 20
-SHIRTS = [(200, 40, 40), (40, 90, 200), (40, 150, 70), (230, 180, 40), (120, 60, 160)]
-SCENES = ["beach", "forest", "city street", "studio", "park", "kitchen", "snowy field"]
+# Tests draw the demo's photos through this module.
+__all__ = ["draw_photo", "main"]
 
-
-def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    """A vertical two-colour gradient with film-grain noise, so it looks photographic."""
-    width, height = size
-    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    t = np.linspace(0.0, 1.0, height)[:, None, None]
-    grain = rng.integers(-14, 15, (height, width, 3), dtype=np.int16)
-    pixels = top * (1 - t) + bottom * t + grain
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
-def _scenery(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int]) -> None:
-    width, height = size
-    for _ in range(int(rng.integers(3, 8))):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        r = int(rng.integers(20, 120))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-        shape((x - r, y - r, x + r, y + r), fill=colour)
+NAME = "demo"
+SIZE = 64  # the tiny model's native size: 8×8 latents
+STEPS = ("plan", "train", "all")
+RANDOM_NOTE = (
+    "NOTE: the base model is a tiny RANDOM-weight stand-in in the SD1.5 layout (no pretrained "
+    "tiny model ships yet), so every picture below is noise. The commands, LoRA files, grid, "
+    "loss curve and PNG metadata are real; on a real checkpoint the same steps give real images."
+)
 
 
-def _figure(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: tuple[int, int]) -> None:
-    """The 'subject': same face and hair in every photo, varying pose, shirt and place."""
-    width, height = size
-    cx = int(width * rng.uniform(0.35, 0.65))
-    head = int(min(size) * rng.uniform(0.12, 0.18))
-    cy = int(height * rng.uniform(0.3, 0.42))
-    shirt = SHIRTS[int(rng.integers(len(SHIRTS)))]
-    draw.rounded_rectangle(
-        (cx - 2 * head, cy + head, cx + 2 * head, height), radius=head // 2, fill=shirt
+@dataclass(frozen=True)
+class DemoOptions:
+    """How far and how long the demo runs; the defaults finish in a few minutes on a CPU."""
+
+    out: Path
+    until: str = "all"
+    epochs: int = 4
+    repeats: int = 2
+    sample_steps: int = 12
+
+
+def parse_options(argv: Sequence[str] | None) -> DemoOptions:
+    parser = argparse.ArgumentParser(description="lorakit end-to-end demo")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"))
+    parser.add_argument("--until", choices=STEPS, default="all", help="stop after this step")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
+    parser.add_argument("--repeats", type=int, default=2, help="repeats while training")
+    parser.add_argument(
+        "--sample-steps", type=int, default=12, help="denoising steps per picture (default 12)"
     )
-    draw.ellipse((cx - head, cy - head, cx + head, cy + head), fill=(236, 188, 150))
-    draw.chord((cx - head, cy - head - 6, cx + head, cy + head // 2), 180, 360, fill=(70, 40, 20))
-    for side in (-1, 1):
-        ex = cx + side * head // 3
-        draw.ellipse((ex - 6, cy - 4, ex + 6, cy + 8), fill=(40, 60, 90))
-    draw.arc(
-        (cx - head // 2, cy + head // 4, cx + head // 2, cy + head * 2 // 3), 20, 160, "red", 4
-    )
-    draw.ellipse((cx + head - 4, cy - 8, cx + head + 12, cy + 16), fill=(250, 215, 0))
-
-
-def draw_photo(seed: int, size: tuple[int, int] = (512, 640)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = _background(rng, size)
-    draw = ImageDraw.Draw(image)
-    _scenery(draw, rng, size)
-    _figure(draw, rng, size)
-    return image
-
-
-def write_sample_photos(folder: Path) -> Path:
-    """20 photos with captions, and the usual problems planted among them."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for i in range(1, PHOTOS - 3):
-        size = (512, 640) if i % 3 else (704, 512)
-        draw_photo(i, size).save(folder / f"IMG_{i:04d}.jpg", quality=92)
-        scene = SCENES[i % len(SCENES)]
-        caption = f"{TRIGGER} {CLASS}, standing in a {scene}"
-        if i != 5:  # one photo without a caption
-            (folder / f"IMG_{i:04d}.txt").write_text(caption, encoding="utf-8")
-    (folder / "IMG_0004.txt").write_text(f"a {CLASS} in a park", encoding="utf-8")
-    shutil.copy(folder / "IMG_0002.jpg", folder / "IMG_0002 copy.jpg")
-    with Image.open(folder / "IMG_0003.jpg") as original:
-        original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "selfie_mirror.png")
-    draw_photo(99).filter(ImageFilter.GaussianBlur(4)).save(folder / "blurry.png")
-    draw_photo(98, (200, 240)).save(folder / "thumbnail.png")
-    return folder
+    args = parser.parse_args(argv)
+    if min(args.epochs, args.repeats, args.sample_steps) < 1:
+        parser.error("--epochs, --repeats and --sample-steps must be at least 1")
+    return DemoOptions(args.out, args.until, args.epochs, args.repeats, args.sample_steps)
 
 
 def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
+
+
+def run_command(*argv: str | Path) -> None:
+    """`lorakit ARGV...`, echoed first; a failing command stops the demo."""
+    words = [str(word) for word in argv]
+    print("$ lorakit " + " ".join(f'"{w}"' if " " in w or "<" in w else w for w in words))
+    status = lorakit(words)
+    if status != 0:
+        raise LorakitError(f"`lorakit {words[0]}` exited with status {status}")
+
+
+def lint_photos(photos: Path) -> list[Finding]:
+    findings = lint_dataset(photos, trigger=TRIGGER)
+    print_findings(findings, photos, Console())
+    print(f"`lorakit dataset lint` would exit with status {int(has_errors(findings))}")
+    return findings
 
 
 def curate(photos: Path, findings: Sequence[Finding], curated: Path) -> Path:
@@ -129,34 +112,158 @@ def curate(photos: Path, findings: Sequence[Finding], curated: Path) -> Path:
     return curated
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="lorakit end-to-end demo")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    out = parser.parse_args(argv).out
+def write_base_model(folder: Path) -> Path:
+    """The stand-in base: a diffusers folder in the SD1.5 layout, random weights."""
+    from lorakit.models.tiny import save_tiny
 
+    if folder.exists():
+        shutil.rmtree(folder)
+    save_tiny("sd15", folder, seed=0)
+    print(f"wrote {folder}")
+    print(RANDOM_NOTE)
+    return folder
+
+
+def write_train_config(run: Path, base: Path, out: Path, options: DemoOptions) -> Path:
+    """A small run: 64 px, rank 4, a sample every epoch and a held-out validation set."""
+    from lorakit.training.config import config_from_dict, save_config
+
+    prompts = out / "sample_prompts.txt"
+    atomic_write_text(
+        prompts,
+        f"{TRIGGER} {CLASS}, standing in a park --w {SIZE} --h {SIZE} "
+        f"--s {options.sample_steps} --d 1\n",
+    )
+    config = config_from_dict(
+        {
+            "model": {"path": str(base)},
+            "dataset": {
+                "path": str(run),
+                "resolution": SIZE,
+                "bucket_min": SIZE,
+                "bucket_max": 2 * SIZE,
+                "repeats": options.repeats,
+            },
+            "network": {"rank": 4, "alpha": 4.0},
+            # Plain AdamW in fp32: the tiny model trains fastest on a CPU that way.
+            "optimizer": {"name": "adamw", "unet_lr": 1e-3, "text_encoder_lr": 1e-4},
+            "scheduler": {"name": "constant"},
+            "training": {"epochs": options.epochs, "batch_size": 2, "mixed_precision": "no"},
+            "saving": {"output_dir": str(out / "lora"), "name": NAME},
+            "sampling": {"prompts": str(prompts), "every_n_epochs": 1},
+            "validation": {"enabled": True, "split": 0.2, "timesteps": 2},
+        },
+        "demo config",
+    )
+    path = out / "train.toml"
+    save_config(config, path)
+    print(f"wrote {path}:\n")
+    print(path.read_text(encoding="utf-8"))
+    return path
+
+
+def sampling_args(options: DemoOptions) -> list[str]:
+    return ["--steps", str(options.sample_steps), "--width", str(SIZE), "--height", str(SIZE)]
+
+
+def generate_one(base: Path, lora_dir: Path, out: Path, options: DemoOptions) -> Path:
+    """One picture with the trained LoRA at weight 0.8, named in the prompt as in A1111."""
+    folder = out / "generated"
+    if folder.exists():
+        shutil.rmtree(folder)
+    prompt = f"<lora:{NAME}:0.8> {TRIGGER} {CLASS}, standing on a beach"
+    run_command(
+        "generate", prompt, "--model", base, "--lora-dir", lora_dir, "--seed", "7",
+        "--out", folder, "--device", "cpu", *sampling_args(options),
+    )  # fmt: skip
+    return sorted(folder.glob("*.png"))[0]
+
+
+def print_results(lora_dir: Path, image: Path) -> None:
+    step("done: where everything is")
+    rows = [
+        ("LoRA (last epoch)", lora_dir / f"{NAME}.safetensors"),
+        ("every epoch + state", lora_dir),
+        ("epoch × weight grid", lora_dir / "grid.png"),
+        ("loss curve", lora_dir / "loss.png"),
+        ("samples while training", lora_dir / "samples"),
+        ("TensorBoard logs", lora_dir / "logs"),
+        ("generated image", image),
+    ]
+    for label, path in rows:
+        print(f"  {label:<24} {path.resolve()}")
+    print(f"\n{RANDOM_NOTE}")
+
+
+def prepare_dataset(out: Path) -> Path:
+    """Steps 1-5: photos → lint → curate → prep → plan; returns the prepared run folder."""
     step("1. a folder of photos, as users bring them")
     photos = write_sample_photos(out / "photos")
-    lorakit(["dataset", "scan", str(photos)])
+    run_command("dataset", "scan", photos)
 
     step("2. lint: what is wrong with them")
-    findings = lint_dataset(photos, trigger=TRIGGER)
-    print_findings(findings, photos, Console())
-    print(f"`lorakit dataset lint` would exit with status {int(has_errors(findings))}")
+    findings = lint_photos(photos)
 
     step("3. curate: drop what lint flagged")
     curated = curate(photos, findings, out / "curated")
 
     step("4. prep: kohya layout, upright RGB PNGs, captions with the trigger")
     run = out / "run"
-    lorakit(["dataset", "prep", str(curated), str(run), "--trigger", TRIGGER, "--class", CLASS])
-    lorakit(["dataset", "lint", str(run), "--trigger", TRIGGER])
+    run_command("dataset", "prep", curated, run, "--trigger", TRIGGER, "--class", CLASS)
+    run_command("dataset", "lint", run, "--trigger", TRIGGER)
 
     step("5. plan: steps per epoch and in total")
-    lorakit(["dataset", "plan", str(run), "--epochs", "10"])
+    run_command("dataset", "plan", run, "--epochs", "10")
+    return run
 
-    print(f"\nDone. Everything is in {out.resolve()}")
+
+def train_lora(run: Path, out: Path, options: DemoOptions) -> tuple[Path, Path]:
+    """Steps 6-8: base model → config → train; returns (base model, LoRA folder)."""
+    step("6. a base model")
+    base = write_base_model(out / "base-model")
+
+    step("7. a training config (small, so the demo runs in minutes on a CPU)")
+    config = write_train_config(run, base, out, options)
+
+    step("8. train: an epoch file, a sample and the validation loss every epoch")
+    lora_dir = out / "lora"
+    if lora_dir.exists():
+        shutil.rmtree(lora_dir)
+    run_command("train", config)
+    return base, lora_dir
+
+
+def compare_and_use(base: Path, lora_dir: Path, out: Path, options: DemoOptions) -> Path:
+    """Steps 9-11: grid → pick → generate; returns the generated image."""
+    step("9. grid: every epoch at several LoRA weights, one seed")
+    run_command("grid", lora_dir, "--seed", "1", "--device", "cpu", *sampling_args(options))
+
+    step("10. pick: the best epoch by validation loss")
+    run_command("pick", lora_dir)
+
+    step("11. generate with the LoRA")
+    return generate_one(base, lora_dir, out, options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(argv)
+    out = options.out
+    run = prepare_dataset(out)
+    if options.until == "plan":
+        print(f"\nStopped after plan. Everything is in {out.resolve()}")
+        return 0
+    base, lora_dir = train_lora(run, out, options)
+    if options.until == "train":
+        print(f"\nStopped after training. Everything is in {out.resolve()}")
+        return 0
+    image = compare_and_use(base, lora_dir, out, options)
+    print_results(lora_dir, image)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LorakitError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        sys.exit(2)

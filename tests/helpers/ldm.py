@@ -9,12 +9,15 @@ each rule maps a diffusers module prefix to its LDM prefix plus renames inside i
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
+
+from lorakit.models import BaseModel
 
 Renames = tuple[tuple[str, str], ...]
 Rule = tuple[str, str, Renames]  # diffusers prefix, LDM prefix, renames in the rest
@@ -168,8 +171,11 @@ def _clip_state(text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def ldm_state_dict(pipe: DiffusionPipeline, family: str) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder(s) under their SD/SGM single-file keys."""
+def ldm_state_dict(
+    pipe: DiffusionPipeline | SimpleNamespace, family: str
+) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder(s) under their SD/SGM single-file keys
+    (`pipe`: a diffusers pipeline or anything with the same module attributes)."""
     state: dict[str, torch.Tensor] = {}
     unet = apply_rules(pipe.unet.state_dict(), unet_rules(dict(pipe.unet.config)))
     state.update({LDM_PREFIXES["unet"] + k: v for k, v in unet.items()})
@@ -179,6 +185,17 @@ def ldm_state_dict(pipe: DiffusionPipeline, family: str) -> dict[str, torch.Tens
         part = _open_clip_state(encoder) if prefix.endswith(".model.") else _clip_state(encoder)
         state.update({prefix + k: v for k, v in part.items()})
     return {key: value.detach().contiguous() for key, value in state.items()}
+
+
+def base_ldm_state_dict(base: BaseModel) -> dict[str, torch.Tensor]:
+    """`ldm_state_dict` of a lorakit BaseModel (e.g. the full-size one on the meta device)."""
+    pipe = SimpleNamespace(
+        unet=base.unet,
+        vae=base.vae,
+        text_encoder=base.text_encoders[0],
+        text_encoder_2=base.text_encoders[-1],
+    )
+    return ldm_state_dict(pipe, base.family.value)
 
 
 def write_ldm_checkpoint(folder: Path, out: Path, family: str) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from lorakit.captioning.choices import BEAMS, MAX_LENGTH, MIN_LENGTH
 from lorakit.errors import LorakitError
 
 _WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
@@ -28,9 +29,9 @@ _WHERE = (
 class GenerationSettings:
     """Beam search settings; lengths are in tokens, as transformers counts them."""
 
-    beams: int = 9
-    min_length: int = 15
-    max_length: int = 75
+    beams: int = BEAMS
+    min_length: int = MIN_LENGTH
+    max_length: int = MAX_LENGTH
 
     def __post_init__(self) -> None:
         if self.beams < 1 or self.min_length < 0 or self.max_length < max(self.min_length, 1):

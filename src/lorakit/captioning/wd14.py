@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lorakit.captioning.choices import CHARACTER_THRESHOLD, GENERAL_THRESHOLD
 from lorakit.captioning.tags import normalize_tag
 from lorakit.errors import LorakitError
 
@@ -34,8 +35,8 @@ _WHERE = (
 class TagThresholds:
     """Minimum probabilities; character tags need more confidence than general ones."""
 
-    general: float = 0.35
-    character: float = 0.85
+    general: float = GENERAL_THRESHOLD
+    character: float = CHARACTER_THRESHOLD
     include_ratings: bool = False
 
     def __post_init__(self) -> None:

@@ -12,28 +12,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lorakit.captioning.base import Captioner
+from lorakit.captioning.choices import DEFAULT_EXT, ExistingCaptions
 from lorakit.captioning.prefix import CaptionStyle
 from lorakit.captioning.tags import tag_frequencies
+from lorakit.dataset.images import load_rgb
 from lorakit.dataset.scan import scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
-
-DEFAULT_EXT = ".txt"
-
-
-class ExistingCaptions(StrEnum):
-    OVERWRITE = "overwrite"
-    APPEND = "append"
-    SKIP = "skip"
 
 
 @dataclass(frozen=True)
@@ -94,21 +86,6 @@ def plan_captions(
     if existing is ExistingCaptions.OVERWRITE:
         jobs = [CaptionJob(job.image, job.target, None) for job in jobs]
     return CaptionPlan(root=Path(root), jobs=jobs)
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """The image as the camera meant it (EXIF rotation applied), alpha flattened on white."""
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
-    except (OSError, UnidentifiedImageError) as exc:
-        raise LorakitError(f"{path}: cannot read this image; re-save it or remove it") from exc
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _batches(jobs: Sequence[CaptionJob], size: int) -> list[Sequence[CaptionJob]]:

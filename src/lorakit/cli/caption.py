@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from lorakit.captioning import choices
+from lorakit.captioning.choices import DEFAULT_EXT, ExistingCaptions
 
-from lorakit.captioning.base import Captioner
-from lorakit.captioning.blip import GenerationSettings, TransformersCaptioner, locate_captioner
-from lorakit.captioning.prefix import CaptionStyle
-from lorakit.captioning.wd14 import TagThresholds, WD14Tagger, locate_tagger
-from lorakit.captioning.write import (
-    DEFAULT_EXT,
-    ExistingCaptions,
-    frequency_table,
-    plan_captions,
-    run_captions,
-)
+if TYPE_CHECKING:
+    from lorakit.captioning.base import Captioner
 
 _EXISTING_HELP = {
     ExistingCaptions.OVERWRITE: "replace existing captions",
@@ -47,37 +40,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prefix", default="", help='put first, once: "TRIGGER, CLASS"')
     parser.add_argument("--undesired", default="", help='tags to drop: "nose, lips, 1girl"')
     tagger = parser.add_argument_group("tagger options")
-    tagger.add_argument(
-        "--general-threshold",
-        type=float,
-        default=TagThresholds.general,
-        help="minimum probability of a general tag (default %(default)s)",
-    )
-    tagger.add_argument(
-        "--character-threshold",
-        type=float,
-        default=TagThresholds.character,
-        help="minimum probability of a character tag (default %(default)s)",
-    )
+    for kind, default in (
+        ("general", choices.GENERAL_THRESHOLD),
+        ("character", choices.CHARACTER_THRESHOLD),
+    ):
+        tagger.add_argument(
+            f"--{kind}-threshold",
+            type=float,
+            default=default,
+            help=f"minimum probability of a {kind} tag (default %(default)s)",
+        )
     tagger.add_argument(
         "--include-ratings", action="store_true", help="add the most likely rating tag"
     )
     captioner = parser.add_argument_group("captioner options")
-    captioner.add_argument(
-        "--beams", type=int, default=GenerationSettings.beams, help="default %(default)s"
-    )
-    captioner.add_argument(
-        "--min-length",
-        type=int,
-        default=GenerationSettings.min_length,
-        help="in tokens (default %(default)s)",
-    )
-    captioner.add_argument(
-        "--max-length",
-        type=int,
-        default=GenerationSettings.max_length,
-        help="in tokens (default %(default)s)",
-    )
+    for flag, default, text in (
+        ("--beams", choices.BEAMS, "default %(default)s"),
+        ("--min-length", choices.MIN_LENGTH, "in tokens (default %(default)s)"),
+        ("--max-length", choices.MAX_LENGTH, "in tokens (default %(default)s)"),
+    ):
+        captioner.add_argument(flag, type=int, default=default, help=text)
     parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
     parser.add_argument(
         "--ext", default=DEFAULT_EXT, help="caption extension (default .txt, as the trainer)"
@@ -91,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Captioner:
+    from lorakit.captioning.blip import GenerationSettings, TransformersCaptioner
+    from lorakit.captioning.wd14 import TagThresholds, WD14Tagger
+
     if args.tagger:
         thresholds = TagThresholds(
             general=args.general_threshold,
@@ -105,6 +90,13 @@ def _load_model(args: argparse.Namespace) -> Captioner:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.captioning.blip import locate_captioner
+    from lorakit.captioning.prefix import CaptionStyle
+    from lorakit.captioning.wd14 import locate_tagger
+    from lorakit.captioning.write import frequency_table, plan_captions, run_captions
+
     # Check the model files before scanning and loading so a typo fails in a second.
     if args.tagger:
         locate_tagger(args.tagger)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
+from lorakit.cli.common import arguments_for
+from lorakit.dataset.choices import BLUR_THRESHOLD, CROPS, NATIVE_SIDE
 from lorakit.dataset.findings import Finding, Severity
-from lorakit.dataset.lint import BLUR_THRESHOLD, NATIVE_SIDE, has_errors, lint_dataset
-from lorakit.dataset.plan import TrainPlan, make_plan
-from lorakit.dataset.prep import CROPS, PrepOptions, PrepResult, prep_dataset
-from lorakit.dataset.scan import DatasetScan, scan_dataset
 from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lorakit.dataset.plan import TrainPlan
+    from lorakit.dataset.prep import PrepOptions, PrepResult
+    from lorakit.dataset.scan import DatasetScan
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -52,16 +56,28 @@ def _face_model(p: argparse.ArgumentParser) -> None:
 
 def _add_lint(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lint", help="check images and captions; exit 1 on errors")
-    p.add_argument("folder", type=Path)
-    p.add_argument("--family", choices=sorted(NATIVE_SIDE), default="sd15")
-    p.add_argument("--trigger", help="word every caption must contain")
+    p.add_argument("folder", type=Path, help="flat folder, img/ folder or run folder")
+    p.add_argument(
+        "--family",
+        choices=sorted(NATIVE_SIDE),
+        default="sd15",
+        help="sets the native size photos should reach: sd15 512 px, sdxl 1024 px",
+    )
+    p.add_argument(
+        "--trigger", help="word every caption must contain (default: from an N_trigger folder)"
+    )
     p.add_argument(
         "--faces",
         action="store_true",
         help="also check faces: none, other people, cut by the border, too small, mirrored",
     )
     _face_model(p)
-    p.add_argument("--blur-threshold", type=float, default=BLUR_THRESHOLD)
+    p.add_argument(
+        "--blur-threshold",
+        type=float,
+        default=BLUR_THRESHOLD,
+        help="Laplacian variance below which a photo is blurry (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     _caption_ext(p)
     p.set_defaults(func=run_lint)
@@ -69,18 +85,27 @@ def _add_lint(sub: argparse._SubParsersAction) -> None:
 
 def _add_prep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="write OUT/img/<repeats>_<trigger> <class>/ from SRC")
-    p.add_argument("src", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("src", type=Path, help="folder of photos (never modified)")
+    p.add_argument("out", type=Path, help="run folder to write img/ into")
     p.add_argument("--trigger", required=True, help="rare word naming the subject, e.g. sks")
     p.add_argument("--class", dest="class_name", required=True, help="e.g. person, dog")
     p.add_argument("--repeats", type=int, help="default: round(400 / images)")
-    p.add_argument("--crop", choices=CROPS, default="none")
+    p.add_argument("--crop", choices=CROPS, default="none", help="default: no crop")
     p.add_argument("--square", action="store_true", help="same as --crop square")
-    p.add_argument("--margin", type=float, default=0.6, help="face crop margin")
-    p.add_argument("--size", type=int, help="final side of square/face crops")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.6,
+        help="face crop: room around the face box, in box sides (default 0.6)",
+    )
+    p.add_argument("--size", type=int, help="side of square/face crops in px (default: as cropped)")
     p.add_argument("--max-side", type=int, help="downscale so the long side fits")
     p.add_argument("--upscale", action="store_true", help="also enlarge smaller images")
-    p.add_argument("--fix-orientation", action="store_true", help="un-mirror selfies")
+    p.add_argument(
+        "--fix-orientation",
+        action="store_true",
+        help="write photos whose face looks mirrored flipped (in OUT only)",
+    )
     _face_model(p)
     _caption_ext(p)
     p.set_defaults(func=run_prep)
@@ -99,6 +124,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _scan_table(scan: DatasetScan) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{scan.root} ({scan.layout} layout)")
     for column in ("subset", "repeats", "images", "captioned", "views / epoch"):
         table.add_column(column, justify="left" if column == "subset" else "right")
@@ -116,12 +144,31 @@ def _scan_table(scan: DatasetScan) -> Table:
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.dataset.scan import scan_dataset
+
     scan = scan_dataset(args.folder, args.caption_ext)
     console = Console()
     console.print(_scan_table(scan))
     if scan.other_files:
         console.print(f"{len(scan.other_files)} other file(s) ignored", style="dim")
+    print_unusable(scan, console)
     return 0
+
+
+def print_unusable(scan: DatasetScan, console: Console) -> None:
+    """One line per image whose header already shows it cannot be used (empty, not an
+    image, a decompression bomb); `lint` decodes every image and finds the rest."""
+    from rich.text import Text
+
+    from lorakit.dataset.images import header_problem
+
+    for record in scan.records:
+        problem = header_problem(record.path)
+        if problem is not None:
+            line = f"{_relative(record.path, scan.root)}: {problem.reason}; {problem.fix}"
+            console.print(Text(line, style="yellow"), soft_wrap=True)
 
 
 def _relative(path: Path | None, root: Path) -> str:
@@ -134,42 +181,60 @@ def _relative(path: Path | None, root: Path) -> str:
 
 
 def _findings_table(findings: list[Finding], root: Path) -> Table:
+    """One row per finding, the fix under the problem (two narrow columns wrap badly), a
+    file's name on its first row only and a line between files."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"lint {root}")
     table.add_column("severity", no_wrap=True)
     table.add_column("rule", no_wrap=True)
-    table.add_column("file", overflow="fold")
-    table.add_column("problem", ratio=3)
-    table.add_column("fix", ratio=2)
-    for f in findings:
+    table.add_column("file", overflow="fold", max_width=28)
+    table.add_column("problem → fix")
+    names = [_relative(f.path, root) for f in findings]
+    for i, (f, name) in enumerate(zip(findings, names, strict=True)):
+        text = Text(f.message)
+        text.append(f"\n→ {f.fix}", style="dim")
         table.add_row(
             Text(f.severity.value, style=_STYLE[f.severity]),
             f.rule,
-            Text(_relative(f.path, root)),
-            Text(f.message),
-            Text(f.fix),
+            Text("" if i and name == names[i - 1] else name),
+            text,
+            end_section=i + 1 < len(names) and name != names[i + 1],
         )
     return table
 
 
+def _severity_counts(findings: list[Finding]) -> dict[str, int]:
+    return {s.value: sum(f.severity is s for f in findings) for s in Severity}
+
+
+def _summary(counts: dict[str, int]) -> str:
+    """'1 error, 25 warnings, 3 info', most severe first."""
+    parts = []
+    for severity in (Severity.ERROR, Severity.WARNING, Severity.INFO):
+        n = counts[severity.value]
+        plural = "s" if n != 1 and severity is not Severity.INFO else ""
+        parts.append(f"{n} {severity.value}{plural}")
+    return ", ".join(parts)
+
+
 def print_findings(findings: list[Finding], root: Path, console: Console) -> None:
     console.print(_findings_table(findings, root))
-    counts = {s.value: sum(f.severity is s for f in findings) for s in Severity}
-    console.print(", ".join(f"{n} {name}" for name, n in counts.items()))
+    counts = _severity_counts(findings)
+    console.print(_summary(counts))
+    if counts[Severity.ERROR.value]:
+        console.print("errors are files a trainer cannot use: fix or remove them first")
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    findings = lint_dataset(
-        args.folder,
-        family=args.family,
-        trigger=args.trigger,
-        caption_ext=args.caption_ext,
-        faces=args.faces,
-        face_model=args.face_model,
-        blur_threshold=args.blur_threshold,
-    )
+    from rich.console import Console
+
+    from lorakit.dataset.lint import has_errors, lint_dataset
+
+    findings = lint_dataset(args.folder, **arguments_for(lint_dataset, args))
     if args.json:
-        counts = {s.value: sum(f.severity is s for f in findings) for s in Severity}
-        report = {"root": str(args.folder), "counts": counts}
+        report = {"root": str(args.folder), "counts": _severity_counts(findings)}
         report["findings"] = [f.to_dict() for f in findings]
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
@@ -178,26 +243,19 @@ def run_lint(args: argparse.Namespace) -> int:
 
 
 def _prep_options(args: argparse.Namespace) -> PrepOptions:
+    from lorakit.dataset.prep import PrepOptions
+
     if args.square and args.crop not in ("none", "square"):
         raise LorakitError(f"--square conflicts with --crop {args.crop}; pass only one")
-    return PrepOptions(
-        trigger=args.trigger,
-        class_name=args.class_name,
-        repeats=args.repeats,
-        crop="square" if args.square else args.crop,
-        margin=args.margin,
-        size=args.size,
-        max_side=args.max_side,
-        upscale=args.upscale,
-        caption_ext=args.caption_ext,
-        fix_orientation=args.fix_orientation,
-        face_model=args.face_model,
-    )
+    crop = "square" if args.square else args.crop
+    return PrepOptions(**(arguments_for(PrepOptions, args) | {"crop": crop}))
 
 
 def print_prep_result(result: PrepResult, console: Console) -> None:
+    from rich.text import Text
+
     unchanged = len(result.images) - len(result.written)
-    console.print(Text(f"wrote {result.folder}"))
+    console.print(Text(f"prepared {result.folder}"), soft_wrap=True)
     console.print(
         f"{len(result.images)} images, {result.repeats} repeats "
         f"({len(result.written)} written, {unchanged} unchanged)"
@@ -212,23 +270,34 @@ def print_prep_result(result: PrepResult, console: Console) -> None:
     for paths, what in notes:
         if paths:
             console.print(f"{len(paths)} {what}")
-    for path in result.no_face:
-        console.print(Text(f"  no face: {path}"), style="yellow")
+    for label, paths in (("flipped", result.flipped), ("no face", result.no_face)):
+        for path in paths:
+            console.print(Text(f"  {label}: {path}", style="yellow"), soft_wrap=True)
 
 
 def run_prep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.dataset.prep import prep_dataset
+
     result = prep_dataset(args.src, args.out, _prep_options(args))
-    print_prep_result(result, Console())
+    console = Console()
+    print_prep_result(result, console)
+    hint = f"next: lorakit dataset lint {shlex.quote(str(args.out))} --trigger {args.trigger}"
+    console.print(hint, style="dim", soft_wrap=True, markup=False, highlight=False)
     return 0
 
 
-def _plan_inputs(args: argparse.Namespace) -> tuple[int, int | None]:
+def _plan_inputs(args: argparse.Namespace, console: Console) -> tuple[int, int | None]:
     """Image count and repeats from the flags, or counted from a dataset folder."""
     if args.folder is None:
         if args.images is None:
             raise LorakitError("plan needs a dataset folder or --images N")
         return args.images, args.repeats
+    from lorakit.dataset.scan import scan_dataset
+
     scan = scan_dataset(args.folder, args.caption_ext)
+    print_unusable(scan, console)
     images = args.images if args.images is not None else len(scan.records)
     repeats = args.repeats
     folder_repeats = {r.repeats for r in scan.records}
@@ -261,7 +330,13 @@ def plan_lines(plan: TrainPlan, target_steps: int | None) -> list[str]:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    images, repeats = _plan_inputs(args)
+    from rich.console import Console
+    from rich.text import Text
+
+    from lorakit.dataset.plan import make_plan
+
+    console = Console()
+    images, repeats = _plan_inputs(args, console)
     plan = make_plan(
         images,
         args.epochs,
@@ -269,7 +344,6 @@ def run_plan(args: argparse.Namespace) -> int:
         repeats=repeats,
         target_steps=args.target_steps,
     )
-    console = Console()
     for line in plan_lines(plan, args.target_steps):
         console.print(line)
     console.print(Text(f"folder name: img/{plan.repeats}_<trigger> <class>/"), style="dim")

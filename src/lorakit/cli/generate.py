@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lorakit.cli.common import arguments_for
 from lorakit.errors import LorakitError
 
 
@@ -69,19 +70,8 @@ def run(args: argparse.Namespace) -> int:
     canonical_sampler_name(args.sampler)
     loras = [parse_lora_arg(arg) for arg in args.lora]
     parse_prompt(args.prompt, args.lora_dir)
-    options = GenerateOptions(
-        prompt=args.prompt,
-        negative=args.negative,
-        sampler=args.sampler,
-        steps=args.steps,
-        cfg=args.cfg,
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        batch=args.batch,
-        init_image=_init_image(args.init_image),
-        strength=args.strength,
-    )
+    init_image = _init_image(args.init_image)
+    options = GenerateOptions(**(arguments_for(GenerateOptions, args) | {"init_image": init_image}))
     base = load_for_inference(args.model, args.device)
     results = generate(base, options, loras=loras, lora_dir=args.lora_dir)
     for path in save_generated(results, args.out):

@@ -53,23 +53,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _columns(args: argparse.Namespace, summary: dict[str, Any]) -> list[Any]:
-    from lorakit.inference.grid import GridColumn
-    from lorakit.inference.run import epoch_files
+def _columns(args: argparse.Namespace, summary: dict[str, Any]) -> tuple[list[Any], str]:
+    """Grid columns and the x-axis title: `--lora` files, else the run's saved epochs."""
+    from lorakit.inference.grid import epoch_columns, file_columns
 
     if args.lora:
         missing = [str(path) for path in args.lora if not path.is_file()]
         if missing:
             raise LorakitError(f"LoRA file {missing[0]} does not exist; check the --lora path")
-        return [GridColumn(path.stem, path) for path in args.lora]
-    files = epoch_files(args.run_dir, summary)
-    if args.epochs:
-        files = [item for item in files if item.epoch in set(args.epochs)]
-    best = summary.get("best_epoch")
-    return [
-        GridColumn(item.label + (" (best)" if item.epoch == best else ""), item.path)
-        for item in files
-    ]
+        return file_columns(args.lora)
+    return epoch_columns(args.run_dir, summary, args.epochs), "epoch"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or summary.get("base_model")
     if not prompt or not model:
         raise LorakitError("the run names no trigger or base model; pass --prompt and --model")
+    columns, x_title = _columns(args, summary)
     spec = GridSpec(
         prompt=prompt,
-        columns=_columns(args, summary),
+        columns=columns,
+        x_title=x_title,
         weights=args.weights,
         search_replace=args.search_replace,
         negative=args.negative,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+from lorakit.families import ModelFamily
 
-from lorakit.models import BaseModel, ModelFamily, load_base_model
-from lorakit.network.convert import convert_file
-from lorakit.network.summary import LoRASummary, inspect_lora
-from lorakit.network.verify import VerifyReport, verify_lora
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lorakit.models import BaseModel
+    from lorakit.network.summary import LoRASummary
+    from lorakit.network.verify import VerifyReport
 
 FAMILIES = [family.value for family in ModelFamily]
 _SHOWN_TAGS = 20
@@ -28,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(func=run_inspect)
 
     verify = sub.add_parser(
-        "verify", help="prove a LoRA loads in diffusers and A1111/ComfyUI; exit 1 on ignored keys"
+        "verify",
+        help="prove a LoRA loads in diffusers, A1111, ComfyUI and InvokeAI; exit 1 on ignored keys",
     )
     verify.add_argument("file", help="LoRA file (.safetensors)")
     verify.add_argument(
@@ -48,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _print_summary(summary: LoRASummary, console: Console) -> None:
+    from rich.table import Table
+
     console.print(f"[bold]{summary.path}[/bold]")
     console.print(
         f"family {summary.family or 'unknown'} · {summary.format} format"
@@ -71,6 +76,10 @@ def _print_summary(summary: LoRASummary, console: Console) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.network.summary import inspect_lora
+
     summary = inspect_lora(args.file)
     if args.json:
         print(summary.to_json())
@@ -85,6 +94,8 @@ def _base_for(spec: str | None) -> tuple[BaseModel | None, str | None]:
         return None, None
     if spec in FAMILIES:
         return None, spec
+    from lorakit.models import load_base_model
+
     return load_base_model(spec), None
 
 
@@ -93,7 +104,7 @@ def _print_report(report: VerifyReport, console: Console) -> None:
         f"{report.path}: {report.family.value} LoRA, {report.modules} modules, base {report.base}"
     )
     checks = (
-        ("A1111/ComfyUI key mapping", report.keymap_ignored),
+        ("A1111/ComfyUI/InvokeAI key mapping", report.keymap_ignored),
         ("diffusers load_lora_weights", report.diffusers_ignored + report.diffusers_errors),
     )
     for label, problems in checks:
@@ -106,6 +117,10 @@ def _print_report(report: VerifyReport, console: Console) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.network.verify import verify_lora
+
     console = Console(soft_wrap=True, stderr=args.json)
     with console.status("loading the base and the LoRA through both loaders..."):
         base, family = _base_for(args.base)
@@ -119,6 +134,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from lorakit.network.convert import convert_file
+
     written = convert_file(args.input, args.output, args.to, args.family)
     print(f"wrote {written} ({args.to} format)")
     return 0

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.text import Text
-
-from lorakit.captioning.edit import (
-    CaptionEdit,
-    TagOperation,
-    add_tags,
-    apply_edits,
-    find_caption_files,
-    plan_edits,
-    remove_tags,
-    replace_tag,
-    unified_diff,
-)
-from lorakit.captioning.tags import parse_tags, tag_frequencies
-from lorakit.captioning.write import DEFAULT_EXT, frequency_table, normalize_ext
-from lorakit.dataset.scan import read_caption
+from lorakit.captioning.choices import DEFAULT_EXT
 from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lorakit.captioning.edit import CaptionEdit, TagOperation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _split(values: list[str]) -> list[str]:
+    from lorakit.captioning.tags import parse_tags
+
     tags = [tag for value in values for tag in parse_tags(value)]
     if not tags:
         raise LorakitError("no tag given; pass at least one non-empty tag")
@@ -61,6 +53,8 @@ def _split(values: list[str]) -> list[str]:
 
 
 def _operation(args: argparse.Namespace) -> TagOperation:
+    from lorakit.captioning.edit import add_tags, remove_tags, replace_tag
+
     if args.action == "add":
         return add_tags(_split(args.tags))
     if args.action == "remove":
@@ -70,6 +64,11 @@ def _operation(args: argparse.Namespace) -> TagOperation:
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
+    from lorakit.captioning.edit import find_caption_files
+    from lorakit.captioning.tags import tag_frequencies
+    from lorakit.captioning.write import frequency_table, normalize_ext
+    from lorakit.dataset.scan import read_caption
+
     found = find_caption_files(Path(args.dir), ext=args.ext)
     ext = normalize_ext(args.ext)
     captions = [read_caption(path) for path in found.captions]
@@ -80,6 +79,10 @@ def _list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _show(edits: list[CaptionEdit], root: Path, console: Console) -> None:
+    from rich.text import Text
+
+    from lorakit.captioning.edit import unified_diff
+
     styles = {"+": "green", "-": "red", "@": "cyan"}
     for edit in edits:
         for line in unified_diff(edit, root):
@@ -88,6 +91,11 @@ def _show(edits: list[CaptionEdit], root: Path, console: Console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lorakit.captioning.edit import apply_edits, find_caption_files, plan_edits
+    from lorakit.captioning.write import normalize_ext
+
     console = Console()
     if args.action is None:
         return _list(args, console)

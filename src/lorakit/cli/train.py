@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
-from lorakit.training.config import TrainConfig, load_config, merge
+
+if TYPE_CHECKING:
+    from lorakit.training.config import TrainConfig
 
 PRESET_TYPES = ("character", "likeness", "style", "object")
 
@@ -51,7 +53,9 @@ def register(subparsers: Any) -> None:
 
 def _imported(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], str | None]:
     """Overrides, notes and inline sample prompts from --from-kohya / --from-civitai."""
-    from lorakit.training.importers import import_civitai, import_kohya
+    from lorakit.training.config import merge
+    from lorakit.training.import_civitai import import_civitai
+    from lorakit.training.import_kohya import import_kohya
 
     data: dict[str, Any] = {}
     notes: list[str] = []
@@ -65,12 +69,14 @@ def _imported(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], str 
     return data, notes, prompts
 
 
-def _with_prompts(config: TrainConfig, prompts: str | None) -> TrainConfig:
-    """Write imported inline sample prompts to a file the config can name."""
+def _with_prompts(config: TrainConfig, prompts: str | None, write: bool) -> TrainConfig:
+    """Name a file for imported inline sample prompts (written unless this is a dry run,
+    which must leave the disk as it was)."""
     if not prompts or config.sampling.prompts:
         return config
     path = Path(config.saving.output_dir) / "sample_prompts.txt"
-    atomic_write_text(path, prompts.rstrip("\n") + "\n")
+    if write:
+        atomic_write_text(path, prompts.rstrip("\n") + "\n")
     sampling = config.sampling.model_copy(update={"prompts": str(path)})
     return config.model_copy(update={"sampling": sampling})
 
@@ -91,6 +97,8 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
     """The run's config and the lines that explain where its values came from."""
     if args.config is None and args.from_kohya is None and args.from_civitai is None:
         raise LorakitError("give a config file (lorakit train CONFIG.toml) or --from-kohya FILE")
+    from lorakit.training.config import load_config
+
     base, lines, prompts = _imported(args)
     sets = list(args.sets)
     if args.caption_ext:
@@ -99,7 +107,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
     if args.preset:
         config, reasons = _preset(config, args.preset)
         lines += reasons
-    return _with_prompts(config, prompts), lines
+    return _with_prompts(config, prompts, write=not args.dry_run), lines
 
 
 def _require(config: TrainConfig) -> None:

@@ -41,7 +41,9 @@ def make_buckets(
 ) -> list[Bucket]:
     """kohya's bucket set: for each width, the tallest height that keeps area ≤ res².
 
-    Both orientations are included, plus the square of the (step-rounded) resolution.
+    Both orientations are included, plus the square of the (step-rounded) resolution: the
+    same set as sd-scripts' `make_bucket_resolutions`, so a dataset lands in the buckets
+    kohya users know.
     """
     if step < 1 or resolution < step or min_side < step or max_side < min_side:
         raise LorakitError(

@@ -83,6 +83,16 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
+def header_problem(path: Path) -> ImageError | None:
+    """Why `path` cannot be used, judged from its header alone (fast enough for `scan`,
+    which must not decode every photo), or None when the header is fine."""
+    try:
+        open_image(path).close()
+    except ImageError as exc:
+        return exc
+    return None
+
+
 def _png_bit_depth(path: Path) -> int | None:
     """Bits per channel from the PNG header: Pillow silently reads 16-bit RGB as 8-bit."""
     with path.open("rb") as f:

@@ -8,7 +8,7 @@ info is context (image-count advice, colour modes prep will convert).
 Blur uses the variance of the Laplacian (4-neighbour kernel) of the greyscale image,
 measured after scaling its long side down to 512 px so the number does not depend on the
 camera's resolution. Measured on scikit-image's sample photos at that size: sharp photos
-score 400–1300, the same photos after a 1 px Gaussian blur 24–115, after 2 px under 15.
+score 400–1400, the same photos after a 1 px Gaussian blur 24–70, after 2 px under 15.
 Below `BLUR_THRESHOLD` = 60 an image is flagged as blurry. Plain studio backdrops and
 smooth skin lower the score of sharp photos too, so the finding is a warning, never an
 error, and `--blur-threshold` tunes it.
@@ -29,6 +29,7 @@ from lorakit.dataset.captions import (
     has_trigger,
     trigger_from_subset,
 )
+from lorakit.dataset.choices import BLUR_THRESHOLD, NATIVE_SIDE
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.hashing import (
     ImageHashes,
@@ -51,11 +52,9 @@ from lorakit.dataset.progress import track
 from lorakit.dataset.scan import DatasetScan, ImageRecord, scan_dataset
 from lorakit.errors import LorakitError
 
-BLUR_THRESHOLD = 60.0
 ANALYSIS_SIDE = 512
 MIN_SIDE = 256
 MAX_SIDE = 2048
-NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 
@@ -165,42 +164,42 @@ def _blur_finding(facts: ImageFacts, threshold: float) -> list[Finding]:
 
 def _similarity_findings(facts: dict[Path, ImageFacts]) -> list[Finding]:
     paths = list(facts)
-    found = []
-    exact_sets = []
-    for group in exact_duplicate_groups(paths, [facts[p].sha256 for p in paths]):
-        exact_sets.append(set(group))
-        for dup in group[1:]:
-            found.append(
-                Finding(
-                    "exact-duplicate",
-                    WARNING,
-                    dup,
-                    f"same file as {group[0].name}: it is trained twice as often",
-                    "remove one copy",
-                )
-            )
-    hashes = [facts[p].hashes for p in paths]
-    for a, b in similar_pairs(paths, hashes, mirrored=False):
-        if not any({a, b} <= s for s in exact_sets):
-            found.append(
-                Finding(
-                    "near-duplicate",
-                    WARNING,
-                    b,
-                    f"nearly the same picture as {a.name}",
-                    "keep the better one; variety teaches more than copies",
-                )
-            )
-    for a, b in similar_pairs(paths, hashes, mirrored=True):
-        found.append(
-            Finding(
-                "mirrored-pair",
-                WARNING,
-                b,
-                f"is a horizontal mirror of {a.name}: the subject's sides disagree",
-                "remove the mirrored copy (mirror selfies back with prep --fix-orientation)",
-            )
+    groups = exact_duplicate_groups(paths, [facts[p].sha256 for p in paths])
+    found = [
+        Finding(
+            "exact-duplicate",
+            WARNING,
+            dup,
+            f"same file as {group[0].name}: it is trained twice as often",
+            "remove one copy",
         )
+        for group in groups
+        for dup in group[1:]
+    ]
+    # Copies are flagged for removal already; comparing them again would repeat each pair.
+    copies = {dup for group in groups for dup in group[1:]}
+    kept = [p for p in paths if p not in copies]
+    hashes = [facts[p].hashes for p in kept]
+    found += [
+        Finding(
+            "near-duplicate",
+            WARNING,
+            b,
+            f"nearly the same picture as {a.name}",
+            "keep the better one; variety teaches more than copies",
+        )
+        for a, b in similar_pairs(kept, hashes, mirrored=False)
+    ]
+    found += [
+        Finding(
+            "mirrored-pair",
+            WARNING,
+            b,
+            f"is a horizontal mirror of {a.name}: the subject's sides disagree",
+            "remove one of the two: together they teach the subject both ways round",
+        )
+        for a, b in similar_pairs(kept, hashes, mirrored=True)
+    ]
     return found
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from lorakit.dataset.captions import has_trigger
+from lorakit.dataset.choices import CROPS
 from lorakit.dataset.images import load_rgb
 from lorakit.dataset.plan import repeats_for
 from lorakit.dataset.progress import track
@@ -29,7 +30,6 @@ from lorakit.fileio import atomic_write_bytes
 if TYPE_CHECKING:
     from lorakit.dataset.face_detect import FaceDetector
 
-CROPS = ("none", "square", "face")
 _TRIGGER = re.compile(r"^[\w-]+$")
 _CLASS = re.compile(r"^\w[\w -]*$")
 

@@ -26,22 +26,27 @@ from lorakit.errors import LorakitError
 from lorakit.inference.metadata import GenerationInfo, lora_short_hash, save_png
 from lorakit.inference.prompt import LoraRef, lora_tag, parse_prompt
 from lorakit.inference.samplers import canonical_sampler_name, make_scheduler
+from lorakit.inference.vae import decode_latents, encode_image
 from lorakit.models import BaseModel, file_hashes, load_base_model
 from lorakit.network.lora import LoRANetwork
 
 
 @dataclass
 class GenerateOptions:
-    """One generation request in A1111 terms; `width`/`height` None = the model's native size."""
+    """One generation request in A1111 terms; `width`/`height` None = the model's native size.
+
+    The first eight fields are those of an sd-scripts sample prompt, in its order, so
+    `SamplePrompt` is this class with sd-scripts' defaults.
+    """
 
     prompt: str
     negative: str = ""
-    sampler: str = "Euler a"
-    steps: int = 20
-    cfg: float = 7.0
-    seed: int | None = None
     width: int | None = None
     height: int | None = None
+    steps: int = 20
+    seed: int | None = None
+    cfg: float = 7.0
+    sampler: str = "Euler a"
     batch: int = 1
     init_image: Image.Image | None = None
     strength: float = 0.75
@@ -68,18 +73,27 @@ def applied_loras(base: BaseModel, refs: Sequence[LoraRef]) -> Iterator[list[LoR
             network.remove()
 
 
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """UNet and text encoders: bf16 on GPUs that have it, else fp16; fp32 on CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def load_for_inference(
     path: str | Path, device: str | None = None, config: Path | None = None
 ) -> BaseModel:
-    """Load a base model onto `device` (CUDA when present): bf16 on GPU, fp32 on CPU.
+    """Load a base model onto `device` (CUDA when present) in `inference_dtype`.
 
-    bf16 rather than fp16 because SDXL's VAE overflows in fp16 and turns images black.
+    The VAE stays fp32 whatever the rest uses (SDXL's overflows in fp16; it is small).
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    base = load_base_model(path, dtype=dtype, config=config)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise LorakitError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+    base = load_base_model(path, dtype=inference_dtype(target), config=config)
     for module in (base.unet, base.vae, *base.text_encoders):
         module.to(target)
+    base.vae.float()  # not `.to(dtype)`: diffusers warns on every dtype cast through `to`
     return base
 
 
@@ -138,8 +152,9 @@ def render(
 
     Uses the LoRA networks currently injected into `base` and the prompt text as given
     (tags already removed). CPU generators make a seed give the same start noise on any
-    device. Denoising steps advance a task on `progress` when one is given (the caller
-    owns the live display, so sampling inside a training bar never nests two).
+    device. The VAE passes run in fp32 outside the pipeline (`lorakit.inference.vae`).
+    Denoising steps advance a task on `progress` when one is given (the caller owns the
+    live display, so sampling inside a training bar never nests two).
     """
     width, height = resolve_size(base, options.width, options.height)
     img2img = options.init_image is not None
@@ -153,7 +168,7 @@ def render(
         "generator": generators,
     }
     if img2img:
-        kwargs["image"] = options.init_image.convert("RGB").resize((width, height))
+        kwargs["image"] = encode_image(base, pipe, options.init_image, (width, height), seed)
         kwargs["strength"] = options.strength
     else:
         kwargs.update(width=width, height=height)
@@ -161,19 +176,26 @@ def render(
         total = max(1, int(options.steps * options.strength)) if img2img else options.steps
         task = progress.add_task(f"seed {seed}", total=total)
         kwargs["callback_on_step_end"] = _step_callback(progress, task)
-    images = list(pipe(**kwargs).images)
+    latents = pipe(**kwargs, output_type="latent").images
     if progress is not None:
         progress.remove_task(task)
-    return images
+    return decode_latents(base, pipe, latents)
 
 
-def _infotext(
-    base: BaseModel, options: GenerateOptions, prompt: str, lora_hashes: dict[str, str], seed: int
+def generation_info(
+    base: BaseModel,
+    options: GenerateOptions,
+    seed: int,
+    *,
+    prompt: str | None = None,
+    lora_hashes: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> GenerationInfo:
+    """The A1111 infotext of one image made from `options` (prompt as shown, if given)."""
     width, height = resolve_size(base, options.width, options.height)
     model, model_hash = model_identity(base.source)
     return GenerationInfo(
-        prompt=prompt,
+        prompt=options.prompt if prompt is None else prompt,
         negative=options.negative,
         steps=options.steps,
         sampler=canonical_sampler_name(options.sampler),
@@ -184,7 +206,8 @@ def _infotext(
         model_hash=model_hash,
         model=model,
         denoising_strength=options.strength if options.init_image is not None else None,
-        lora_hashes=lora_hashes,
+        lora_hashes=lora_hashes or {},
+        extra=extra or {},
     )
 
 
@@ -210,7 +233,9 @@ def generate(
     with applied_loras(base, refs), Progress(transient=True) as progress:
         images = render(base, text_options, seed, progress)
     return [
-        Generated(image, _infotext(base, options, shown_prompt, hashes, seed + i))
+        Generated(
+            image, generation_info(base, options, seed + i, prompt=shown_prompt, lora_hashes=hashes)
+        )
         for i, image in enumerate(images)
     ]
 

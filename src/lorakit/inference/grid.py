@@ -8,23 +8,31 @@ itself, so it is rendered once per block and shared by every column.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from rich.progress import Progress
 
 from lorakit.errors import LorakitError
-from lorakit.inference.generate import GenerateOptions, model_identity, render, resolve_size
+from lorakit.inference.generate import (
+    GenerateOptions,
+    generation_info,
+    model_identity,
+    render,
+    resolve_size,
+)
+from lorakit.inference.layout import Axes, compose_block, stack_blocks
 from lorakit.inference.metadata import GenerationInfo, save_png
+from lorakit.inference.run import epoch_files
 from lorakit.inference.samplers import canonical_sampler_name
 from lorakit.models import BaseModel
 from lorakit.network.lora import LoRANetwork
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
-BACKGROUND = (255, 255, 255)
-INK = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class GridColumn:
 
     label: str
     path: Path
+    best: bool = False
 
 
 @dataclass
@@ -43,6 +52,7 @@ class GridSpec:
     columns: list[GridColumn]
     weights: Sequence[float] = DEFAULT_WEIGHTS
     search_replace: list[str] = field(default_factory=list)
+    x_title: str = "LoRA file"
     negative: str = ""
     seed: int = 42
     sampler: str = "Euler a"
@@ -52,33 +62,75 @@ class GridSpec:
     height: int | None = None
 
 
+def epoch_columns(
+    run_dir: Path, summary: dict[str, Any], only: Sequence[int] | None = None
+) -> list[GridColumn]:
+    """A run's saved epochs as columns labelled by epoch number, the best one flagged."""
+    files = epoch_files(run_dir, summary)
+    missing = sorted(set(only or ()) - {item.epoch for item in files})
+    if missing:
+        saved = ", ".join(str(item.epoch) for item in files) or "none"
+        raise LorakitError(
+            f"{run_dir} has no saved LoRA file for epoch {missing[0]}; saved epochs: {saved}"
+        )
+    if only:
+        files = [item for item in files if item.epoch in set(only)]
+    best = summary.get("best_epoch")
+    return [GridColumn(str(item.epoch), item.path, item.epoch == best) for item in files]
+
+
+def file_columns(paths: Sequence[Path]) -> tuple[list[GridColumn], str]:
+    """LoRA files as columns and the x-axis title.
+
+    Files of one run share a long stem prefix (`myface_v3-000004`, `myface_v3-000006`);
+    the prefix moves into the axis title so narrow headers show the part that differs.
+    """
+    stems = [Path(path).stem for path in paths]
+    # A prefix of the names as strings, not of paths: `commonpath` would not see it.
+    prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""  # noqa: RUF071
+    prefix = prefix.rstrip("0123456789")  # keep numbers whole: 000004, not 4
+    if len(prefix) < 4 or prefix in stems:
+        prefix = ""
+    columns = [
+        GridColumn(stem[len(prefix) :], Path(p)) for stem, p in zip(stems, paths, strict=True)
+    ]
+    return columns, f"LoRA file ({prefix}…)" if prefix else "LoRA file"
+
+
 def block_prompts(prompt: str, search_replace: Sequence[str]) -> list[tuple[str, str]]:
     """(label, prompt) per block: A1111's S/R replaces the first value by each value in turn."""
     if not search_replace:
-        return [("", prompt)]
+        return [(f"prompt: {prompt}", prompt)]
     search = search_replace[0]
     if search not in prompt:
         raise LorakitError(
             f"--search-replace: {search!r} does not occur in the prompt {prompt!r}; "
             "the first value must be a word of the prompt"
         )
-    return [(f"S/R: {value}", prompt.replace(search, value)) for value in search_replace]
+    replaced = [prompt.replace(search, value) for value in search_replace]
+    return [
+        (f"prompt: {text}   (S/R: {value})", text)
+        for value, text in zip(search_replace, replaced, strict=True)
+    ]
+
+
+def _options(spec: GridSpec, prompt: str) -> GenerateOptions:
+    return GenerateOptions(
+        prompt=prompt,
+        negative=spec.negative,
+        width=spec.width,
+        height=spec.height,
+        steps=spec.steps,
+        cfg=spec.cfg,
+        sampler=spec.sampler,
+    )
 
 
 def _render_block(
     base: BaseModel, spec: GridSpec, prompt: str, progress: Progress
 ) -> list[list[Image.Image]]:
     """Cells of one block as rows (weights) of columns (LoRA files)."""
-    width, height = resolve_size(base, spec.width, spec.height)
-    options = GenerateOptions(
-        prompt=prompt,
-        negative=spec.negative,
-        sampler=spec.sampler,
-        steps=spec.steps,
-        cfg=spec.cfg,
-        width=width,
-        height=height,
-    )
+    options = _options(spec, prompt)
     rows: dict[float, list[Image.Image]] = {weight: [] for weight in spec.weights}
     base_image = render(base, options, spec.seed, progress)[0] if 0 in rows else None
     for column in spec.columns:
@@ -95,102 +147,48 @@ def _render_block(
     return [rows[weight] for weight in spec.weights]
 
 
-def label_font(cell_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's scalable default font, sized to stay readable next to the cells."""
-    return ImageFont.load_default(size=max(14, cell_height // 14))
-
-
-def _text_size(font: ImageFont.FreeTypeFont, text: str) -> tuple[int, int]:
-    left, top, right, bottom = font.getbbox(text or " ")
-    return int(right - left), int(bottom - top)
-
-
-def _fitted(
-    text: str, width: int, font: ImageFont.FreeTypeFont
-) -> tuple[str, ImageFont.FreeTypeFont]:
-    """Shrink the font (not below 10 px) and then the text until it fits in `width`."""
-    while _text_size(font, text)[0] > width - 8 and font.size > 10:
-        font = font.font_variant(size=font.size - 1)
-    while len(text) > 4 and _text_size(font, text)[0] > width - 8:
-        text = text[: len(text) - 5] + "…"
-    return text, font
-
-
-def _strip(width: int, height: int, text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
-    """A white strip with `text` centred, shrunk to fit."""
-    strip = Image.new("RGB", (width, height), BACKGROUND)
-    text, font = _fitted(text, width, font)
-    text_w, text_h = _text_size(font, text)
-    ImageDraw.Draw(strip).text(
-        ((width - text_w) / 2, (height - text_h) / 2), text, font=font, fill=INK, anchor="lt"
-    )
-    return strip
-
-
-def compose_block(
-    cells: list[list[Image.Image]],
-    column_labels: Sequence[str],
-    row_labels: Sequence[str],
-    title: str = "",
-) -> Image.Image:
-    """One labelled block: optional title strip, column headers on top, row labels at left."""
-    cell_w, cell_h = cells[0][0].size
-    font = label_font(cell_h)
-    line_h = _text_size(font, "Ag")[1]
-    header_h = line_h * 2 + 8
-    label_w = max(_text_size(font, label)[0] for label in row_labels) + 24
-    title_h = header_h if title else 0
-    block = Image.new(
-        "RGB",
-        (label_w + cell_w * len(column_labels), title_h + header_h + cell_h * len(row_labels)),
-        BACKGROUND,
-    )
-    if title:
-        block.paste(_strip(block.width, title_h, title, font), (0, 0))
-    for col, text in enumerate(column_labels):
-        block.paste(_strip(cell_w, header_h, text, font), (label_w + col * cell_w, title_h))
-    for row, (text, images) in enumerate(zip(row_labels, cells, strict=True)):
-        top = title_h + header_h + row * cell_h
-        block.paste(_strip(label_w, cell_h, text, font), (0, top))
-        for col, image in enumerate(images):
-            block.paste(image, (label_w + col * cell_w, top))
-    return block
-
-
-def stack_blocks(blocks: Sequence[Image.Image]) -> Image.Image:
-    """Blocks one above the other, as A1111 lays out a Z axis."""
-    grid = Image.new("RGB", (blocks[0].width, sum(b.height for b in blocks)), BACKGROUND)
-    top = 0
-    for block in blocks:
-        grid.paste(block, (0, top))
-        top += block.height
-    return grid
-
-
 def weight_label(weight: float) -> str:
-    return f"weight {weight:g}"
+    return f"{weight:g}"
+
+
+def grid_axes(spec: GridSpec) -> Axes:
+    """Axis titles and tick labels: LoRA files (or epochs) across, weights down."""
+    best = next((i for i, column in enumerate(spec.columns) if column.best), None)
+    labels = [column.label + (" (best)" if column.best else "") for column in spec.columns]
+    return Axes(
+        x_title=spec.x_title,
+        x_labels=labels,
+        y_title="LoRA weight",
+        y_labels=[weight_label(w) for w in spec.weights],
+        best_column=best,
+    )
+
+
+def settings_caption(base: BaseModel, spec: GridSpec) -> str:
+    """One line with what every cell shares, so a screenshot of the grid stands alone."""
+    width, height = resolve_size(base, spec.width, spec.height)
+    model, _ = model_identity(base.source)
+    parts = [
+        f"seed {spec.seed}",
+        canonical_sampler_name(spec.sampler),
+        f"{spec.steps} steps",
+        f"CFG {spec.cfg:g}",
+        f"{width}×{height}",
+        model,
+    ]
+    return " · ".join(parts)
 
 
 def _grid_info(base: BaseModel, spec: GridSpec) -> GenerationInfo:
-    width, height = resolve_size(base, spec.width, spec.height)
-    model, model_hash = model_identity(base.source)
-    return GenerationInfo(
-        prompt=spec.prompt,
-        negative=spec.negative,
-        steps=spec.steps,
-        sampler=canonical_sampler_name(spec.sampler),
-        cfg=spec.cfg,
-        seed=spec.seed,
-        width=width,
-        height=height,
-        model_hash=model_hash,
-        model=model,
-        extra={
-            "X": "LoRA: " + ", ".join(column.label for column in spec.columns),
-            "Y": "weight: " + ", ".join(f"{w:g}" for w in spec.weights),
-            **({"Z": "S/R: " + ", ".join(spec.search_replace)} if spec.search_replace else {}),
-        },
-    )
+    axes = grid_axes(spec)
+    z_axis = {"Z": "S/R: " + ", ".join(spec.search_replace)} if spec.search_replace else {}
+    x_values = ", ".join(column.label for column in spec.columns)
+    extra = {
+        "X": f"{spec.x_title}: {x_values}",
+        "Y": f"{axes.y_title}: " + ", ".join(axes.y_labels),
+        **z_axis,
+    }
+    return generation_info(base, _options(spec, spec.prompt), spec.seed, extra=extra)
 
 
 def make_grid(base: BaseModel, spec: GridSpec, out_path: Path) -> Path:
@@ -200,16 +198,12 @@ def make_grid(base: BaseModel, spec: GridSpec, out_path: Path) -> Path:
             "no LoRA files to compare; pass a run folder with saved epochs or --lora FILE"
         )
     canonical_sampler_name(spec.sampler)
+    axes = grid_axes(spec)
     blocks = []
     with Progress(transient=True) as progress:
         for title, prompt in block_prompts(spec.prompt, spec.search_replace):
             cells = _render_block(base, spec, prompt, progress)
-            blocks.append(
-                compose_block(
-                    cells,
-                    [column.label for column in spec.columns],
-                    [weight_label(w) for w in spec.weights],
-                    title,
-                )
-            )
-    return save_png(stack_blocks(blocks), out_path, _grid_info(base, spec))
+            blocks.append(compose_block(cells, axes, title))
+    cell_height = resolve_size(base, spec.width, spec.height)[1]
+    grid = stack_blocks(blocks, settings_caption(base, spec), cell_height)
+    return save_png(grid, out_path, _grid_info(base, spec))

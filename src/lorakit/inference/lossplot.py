@@ -1,7 +1,8 @@
 """`loss.png`: training and validation loss per epoch with the best epoch marked.
 
 Guides pick epochs from TensorBoard's "loss/epoch" curve; this puts the same curve and
-the validation loss (the better signal) in one file next to the grid.
+the validation loss (the better signal: it does not fall just because the LoRA memorises
+the training images) in one file next to the grid, readable for one epoch or a hundred.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from lorakit.fileio import atomic_write_bytes
+
+SERIES = (
+    ("train_loss", "training loss (epoch average)", "tab:blue"),
+    ("val_loss", "validation loss", "tab:orange"),
+)
+MARKERS_UP_TO = 40  # epochs; beyond that the dots hide the curve
+TICK_EVERY_EPOCH_UP_TO = 20  # one tick per epoch while they fit
 
 
 def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -25,27 +34,43 @@ def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _mark_best(axes: Axes, epochs: list[dict[str, Any]], best: int) -> None:
+    """A dashed line at the best epoch and a star on the curve that chose it."""
+    entry = next((e for e in epochs if e.get("epoch") == best), {})
+    key = "val_loss" if entry.get("val_loss") is not None else "train_loss"
+    label = f"best epoch {best}"
+    if entry.get(key) is not None:
+        label += f" ({key.replace('_', ' ').replace('val', 'validation')} {entry[key]:.4f})"
+        axes.plot([best], [entry[key]], marker="*", markersize=16, color="tab:green", zorder=5)
+    axes.axvline(best, color="tab:green", linestyle="--", linewidth=1.5, label=label)
+
+
 def plot_loss(summary: dict[str, Any], out_path: Path, best_epoch: int | None = None) -> Path:
     """Write the loss chart of a run summary to `out_path` (atomic PNG)."""
-    epochs = summary.get("epochs", [])
+    epochs = sorted(summary.get("epochs", []), key=lambda e: int(e["epoch"]))
     best = best_epoch if best_epoch is not None else summary.get("best_epoch")
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
+    marker = "o" if len(epochs) <= MARKERS_UP_TO else None
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
     try:
-        for key, label in (
-            ("train_loss", "training loss (epoch average)"),
-            ("val_loss", "validation loss"),
-        ):
+        for key, label, color in SERIES:
             xs, ys = _series(epochs, key)
             if xs:
-                axes.plot(xs, ys, marker="o", label=label)
+                axes.plot(xs, ys, marker=marker, color=color, label=label)
         if best is not None:
-            axes.axvline(best, color="tab:green", linestyle="--", label=f"best epoch {best}")
+            _mark_best(axes, epochs, int(best))
+        numbers = [int(e["epoch"]) for e in epochs] or [1]
+        axes.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
+        axes.margins(y=0.12)
+        if len(numbers) <= TICK_EVERY_EPOCH_UP_TO:
+            axes.set_xticks(numbers)
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel("loss")
+        axes.set_ylabel("loss (lower is better)")
         axes.set_title(f"{summary.get('name', 'run')}: loss per epoch")
         axes.grid(alpha=0.3)
-        axes.legend()
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="best")
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", bbox_inches="tight")
     finally:

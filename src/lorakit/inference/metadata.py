@@ -64,8 +64,13 @@ def _unquote(value: str) -> str:
     return value
 
 
+def lora_alias(name: str) -> str:
+    """A LoRA name as A1111 writes it under `Lora hashes`: without `:` and `,`."""
+    return name.replace(":", "").replace(",", "")
+
+
 def _param_pairs(info: GenerationInfo) -> list[tuple[str, str | None]]:
-    loras = ", ".join(f"{name}: {digest}" for name, digest in info.lora_hashes.items())
+    loras = ", ".join(f"{lora_alias(name)}: {h}" for name, h in info.lora_hashes.items())
     strength = info.denoising_strength
     return [
         ("Steps", str(info.steps)),
@@ -116,6 +121,17 @@ def _apply_pair(info: GenerationInfo, key: str, value: str) -> None:
         info.extra[key] = value
 
 
+def _merge_schedule_type(info: GenerationInfo) -> None:
+    """A1111 ≥ 1.9 writes `Sampler: DPM++ 2M, Schedule type: Karras`; older ones and lorakit
+    write `Sampler: DPM++ 2M Karras`. Fold the two back into the one name lorakit accepts."""
+    schedule = info.extra.get("Schedule type")
+    if schedule == "Automatic":
+        del info.extra["Schedule type"]
+    elif schedule == "Karras" and not info.sampler.endswith(" Karras"):
+        info.sampler = f"{info.sampler} Karras"
+        del info.extra["Schedule type"]
+
+
 def parse_parameters(text: str, source: str = "the image") -> GenerationInfo:
     """Parse an A1111 infotext (lorakit's or A1111's own) into a `GenerationInfo`."""
     lines = text.strip().split("\n")
@@ -125,7 +141,7 @@ def parse_parameters(text: str, source: str = "the image") -> GenerationInfo:
     info = GenerationInfo(prompt="")
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
-    for line in lines[:-1]:
+    for line in (raw.strip() for raw in lines[:-1]):
         if line.startswith(NEGATIVE_PREFIX) or negative_lines:
             negative_lines.append(line.removeprefix(NEGATIVE_PREFIX).strip())
         else:
@@ -137,6 +153,7 @@ def parse_parameters(text: str, source: str = "the image") -> GenerationInfo:
             _apply_pair(info, key.strip(), _unquote(value))
     except ValueError as exc:
         raise LorakitError(f"{source} has a malformed settings line: {exc}") from None
+    _merge_schedule_type(info)
     return info
 
 

@@ -22,6 +22,7 @@ from lorakit.training.checkpoint import best_epoch
 
 RISE = 0.02  # relative rise of validation loss above its minimum that counts as overfitting
 STILL_FALLING = 0.01  # relative drop over the last epoch that counts as "still improving"
+METRIC_NAMES = {"val_loss": "validation loss", "train_loss": "training loss"}
 STILL_SAMPLES = 2.0  # mean abs pixel difference (0-255) below which samples "stop changing"
 
 
@@ -89,7 +90,7 @@ def undertrained_advice(epochs: list[dict[str, Any]], last_file: str | None) -> 
         else "continue it"
     )
     return (
-        f"undertrained: {metric.replace('_', ' ')} still falling at the last epoch "
+        f"undertrained: {METRIC_NAMES[metric]} still falling at the last epoch "
         f"({before:.4f} → {last:.4f}); train more epochs or {source}"
     )
 
@@ -150,7 +151,7 @@ def analyse(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport
         value = _entry(epochs, best)[report.metric]
         report.advice.append(
             f"best epoch {best} ({report.best_file or 'not saved'}): lowest "
-            f"{report.metric.replace('_', ' ')} {value:.4f}"
+            f"{METRIC_NAMES[report.metric]} {value:.4f}"
         )
     saved = [str(Path(run_dir) / e["file"]) for e in epochs if e.get("file")]
     signs = (

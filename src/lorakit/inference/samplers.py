@@ -8,7 +8,10 @@ v-prediction and custom schedules intact.
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,12 +84,24 @@ def canonical_sampler_name(name: str) -> str:
     return _BY_LOWER[key]
 
 
+@functools.lru_cache(maxsize=16)
+def _prototype(name: str, config_json: str) -> SchedulerMixin:
+    spec = SAMPLERS[name]
+    return spec.scheduler.from_config(json.loads(config_json), **spec.overrides)
+
+
 def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> SchedulerMixin:
-    """Build the scheduler for A1111 sampler `name` from a base model's scheduler config."""
-    spec = SAMPLERS[canonical_sampler_name(name)]
+    """Build the scheduler for A1111 sampler `name` from a base model's scheduler config.
+
+    Each call gets its own copy (schedulers keep per-run state), copied from a cached
+    instance: some constructors (DPM2) take over a second, once per grid cell otherwise.
+    """
+    canonical = canonical_sampler_name(name)
+    spec = SAMPLERS[canonical]
     if spec.scheduler is DPMSolverSDEScheduler and importlib.util.find_spec("torchsde") is None:
         raise LorakitError(
             f"sampler {name!r} needs the torchsde package; install it with "
             "`pip install torchsde` or pick another sampler such as 'DPM++ 2M SDE Karras'"
         )
-    return spec.scheduler.from_config(scheduler_config, **spec.overrides)
+    config_json = json.dumps(dict(scheduler_config), sort_keys=True, default=str)
+    return copy.deepcopy(_prototype(canonical, config_json))

@@ -1,14 +1,18 @@
 """Sample images during training, from a prompt file in kohya sd-scripts' syntax.
 
 One prompt per line, options after ` --`: `--n` negative, `--w`/`--h` size, `--s` steps,
-`--d` seed, `--l` CFG scale, `--ss` sampler; `#` lines are comments. Guides paste lines
-such as `photo --w 512--h 512--s 35 --n blurry`, so an option may follow a number with no
-space. A prompt without `--d` gets a fixed seed: the same noise every epoch is what makes
-samples comparable from epoch to epoch (and lets `lorakit pick` see them stop changing).
+`--d` seed, `--l` CFG scale, `--ss` sampler; `#` lines are comments. As in sd-scripts,
+keys are case-insensitive, options it has for other models (`--f`, `--cn`, …) are
+dropped, steps are capped at 1000 and sizes rounded down to a multiple of 8. Guides paste
+lines such as `photo --w 512--h 512--s 35 --n blurry`, so a known option may also follow
+a number with no space. A prompt without `--d` gets a fixed seed: the same noise every
+epoch is what makes samples comparable from epoch to epoch (and lets `lorakit pick` see
+them stop changing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,8 +22,8 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.inference.generate import GenerateOptions, model_identity, render
-from lorakit.inference.metadata import GenerationInfo, save_png
+from lorakit.inference.generate import GenerateOptions, generation_info, render
+from lorakit.inference.metadata import save_png
 from lorakit.inference.samplers import canonical_sampler_name
 from lorakit.models.base import BaseModel
 
@@ -43,21 +47,17 @@ SD_SCRIPTS_SAMPLERS = {
     "dpmsingle": "DPM++ 2S a",
 }
 DEFAULT_SEED = 42
-_OPTION = re.compile(r"\s*--(?=(?:ss|n|w|h|s|d|l)\s)")
+# ` --key value` as sd-scripts splits it; a known key may also follow a number directly.
+_OPTION = re.compile(r"\s+--(?=[a-z]+\s)|\s*--(?=(?:ss|n|w|h|s|d|l)\s)", re.IGNORECASE)
+MAX_STEPS = 1000  # sd-scripts clamps `--s` to 1..1000
 
 
 @dataclass
-class SamplePrompt:
-    """One sample image to render; defaults follow sd-scripts."""
+class SamplePrompt(GenerateOptions):
+    """One sample image to render: `GenerateOptions` with sd-scripts' defaults (512 px)."""
 
-    prompt: str
-    negative: str = ""
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    seed: int | None = None
-    cfg: float = 7.0
-    sampler: str = "Euler a"
+    width: int | None = 512
+    height: int | None = 512
 
 
 def sampler_name(name: str) -> str:
@@ -66,14 +66,17 @@ def sampler_name(name: str) -> str:
 
 
 def _apply_option(sample: SamplePrompt, key: str, value: str) -> None:
-    fields = {"w": "width", "h": "height", "s": "steps", "d": "seed"}
+    """Set one option; keys sd-scripts has for other models (`--f`, `--cn`…) are ignored."""
+    fields = {"w": "width", "h": "height", "d": "seed"}
     if key == "n":
         sample.negative = value
     elif key == "l":
         sample.cfg = float(value)
     elif key == "ss":
         sample.sampler = sampler_name(value)
-    else:
+    elif key == "s":
+        sample.steps = max(1, min(MAX_STEPS, int(value)))
+    elif key in fields:
         setattr(sample, fields[key], int(value))
 
 
@@ -84,14 +87,19 @@ def parse_prompt_line(line: str, where: str = "prompt") -> SamplePrompt:
     for option in options:
         key, _, value = option.partition(" ")
         try:
-            _apply_option(sample, key, value.strip())
+            _apply_option(sample, key.lower(), value.strip())
         except ValueError:
             raise LorakitError(
                 f"{where}: option --{key} has a bad value {value.strip()!r}; "
                 "write e.g. --w 512 --s 20 --l 7.5"
             ) from None
+        except LorakitError as exc:
+            raise LorakitError(f"{where}: {exc}") from None
     if not sample.prompt:
         raise LorakitError(f"{where}: the line has options but no prompt text")
+    # sd-scripts rounds sizes down to the VAE's stride of 8, at least 64 px.
+    sample.width = max(64, sample.width - sample.width % 8)
+    sample.height = max(64, sample.height - sample.height % 8)
     return sample
 
 
@@ -135,22 +143,6 @@ def sample_file_name(name: str, epoch: int, step: int, index: int) -> str:
     return f"{name}_e{epoch:06d}_s{step:06d}_{index:02d}.png"
 
 
-def _sample_info(base: BaseModel, sample: SamplePrompt, seed: int) -> GenerationInfo:
-    model, model_hash = model_identity(base.source)
-    return GenerationInfo(
-        prompt=sample.prompt,
-        negative=sample.negative,
-        steps=sample.steps,
-        sampler=sampler_name(sample.sampler),
-        cfg=sample.cfg,
-        seed=seed,
-        width=sample.width,
-        height=sample.height,
-        model_hash=model_hash,
-        model=model,
-    )
-
-
 def generate_samples(
     base: BaseModel,
     prompts: Sequence[SamplePrompt],
@@ -173,17 +165,9 @@ def generate_samples(
     with torch.random.fork_rng(devices=rng_devices), eval_mode(base):
         for index, sample in enumerate(prompts):
             seed = sample.seed if sample.seed is not None else DEFAULT_SEED + index
-            options = GenerateOptions(
-                prompt=sample.prompt,
-                negative=sample.negative,
-                sampler=sampler_name(sample.sampler),
-                steps=sample.steps,
-                cfg=sample.cfg,
-                width=sample.width,
-                height=sample.height,
-            )
+            options = dataclasses.replace(sample, sampler=sampler_name(sample.sampler), batch=1)
             with torch.autocast(device.type, dtype=base.unet.dtype, enabled=low_precision):
                 image = render(base, options, seed)[0]
             path = Path(out_dir) / sample_file_name(name, epoch, step, index)
-            paths.append(save_png(image, path, _sample_info(base, sample, seed)))
+            paths.append(save_png(image, path, generation_info(base, options, seed)))
     return paths

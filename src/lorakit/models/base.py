@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-
-class ModelFamily(StrEnum):
-    SD15 = "sd15"
-    SDXL = "sdxl"
+from lorakit.families import ModelFamily
 
 
 @dataclass

@@ -25,6 +25,7 @@ PICKLE_EXTS = {".ckpt", ".pt", ".pth"}
 CHECKPOINT_EXTS = SAFETENSORS_EXTS | PICKLE_EXTS
 
 _HASH_CHUNK = 1 << 20
+_LEGACY_OFFSET, _LEGACY_SIZE = 0x100000, 0x10000
 
 
 def check_checkpoint_path(path: Path) -> None:
@@ -105,7 +106,9 @@ def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def file_hashes(path: str | Path) -> dict[str, str]:
-    """sha256 of the whole file and A1111's "autov2" short hash (its first 10 hex digits).
+    """sha256 of the whole file, A1111's "autov2" short hash (its first 10 hex digits) and
+    the legacy A1111/sd-scripts model hash (`ss_sd_model_hash`: the first 8 hex digits of
+    the sha256 of the 64 KiB at offset 1 MiB).
 
     A1111 shows autov2 as "Model hash" and Civitai indexes by it, so LoRA metadata that
     carries it links back to the exact base checkpoint. Computed fresh on every call.
@@ -120,4 +123,7 @@ def file_hashes(path: str | Path) -> dict[str, str]:
             digest.update(chunk)
             progress.advance(task, len(chunk))
     sha256 = digest.hexdigest()
-    return {"sha256": sha256, "autov2": sha256[:10]}
+    with path.open("rb") as handle:
+        handle.seek(_LEGACY_OFFSET)
+        legacy = hashlib.sha256(handle.read(_LEGACY_SIZE)).hexdigest()[:8]
+    return {"sha256": sha256, "autov2": sha256[:10], "legacy": legacy}

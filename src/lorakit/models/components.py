@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -89,12 +90,29 @@ def empty_base_model(family: ModelFamily) -> BaseModel:
         text_encoders = [
             cls(text_encoder_config(folder, subfolder)) for subfolder, cls in TEXT_ENCODERS[family]
         ]
+    return assemble_base_model(
+        folder, family, unet, vae, text_encoders, read_scheduler_config(folder)
+    )
+
+
+def assemble_base_model(
+    source: Path,
+    family: ModelFamily,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoders: list[torch.nn.Module],
+    scheduler_config: dict[str, Any],
+) -> BaseModel:
+    """Freeze the modules (eval mode, no gradients: LoRA trains beside them) and join them
+    with the family's bundled tokenizers."""
+    for module in (unet, vae, *text_encoders):
+        module.eval().requires_grad_(False)
     return BaseModel(
         family=family,
         unet=unet,
         vae=vae,
         text_encoders=text_encoders,
         tokenizers=load_tokenizers(family),
-        scheduler_config=read_scheduler_config(folder),
-        source=folder,
+        scheduler_config=scheduler_config,
+        source=source,
     )

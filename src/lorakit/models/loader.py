@@ -30,8 +30,8 @@ from lorakit.models.base import BaseModel, ModelFamily
 from lorakit.models.checkpoint import read_state_dict
 from lorakit.models.components import (
     TEXT_ENCODERS,
+    assemble_base_model,
     bundled_config_dir,
-    load_tokenizers,
     read_scheduler_config,
     text_encoder_config,
 )
@@ -122,28 +122,8 @@ def _load_folder(folder: Path, family: ModelFamily, dtype: torch.dtype) -> BaseM
         _from_folder(cls, folder, subfolder, dtype=dtype)
         for subfolder, cls in TEXT_ENCODERS[family]
     ]
-    return _assemble(folder, family, unet, vae, text_encoders, read_scheduler_config(folder))
-
-
-def _assemble(
-    source: Path,
-    family: ModelFamily,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    text_encoders: list[TextEncoder],
-    scheduler_config: dict,
-) -> BaseModel:
-    for module in (unet, vae, *text_encoders):
-        module.eval().requires_grad_(False)
-    return BaseModel(
-        family=family,
-        unet=unet,
-        vae=vae,
-        text_encoders=text_encoders,
-        tokenizers=load_tokenizers(family),
-        scheduler_config=scheduler_config,
-        source=source,
-    )
+    scheduler_config = read_scheduler_config(folder)
+    return assemble_base_model(folder, family, unet, vae, text_encoders, scheduler_config)
 
 
 def _mismatch(expected: StateDict, weights: StateDict) -> str:
@@ -257,4 +237,4 @@ def load_single_file_state(
         config_dir if (config_dir / "scheduler").is_dir() else bundled_config_dir(family)
     )
     scheduler_config = read_scheduler_config(scheduler_dir)
-    return _assemble(path, family, unet, vae, text_encoders, scheduler_config)
+    return assemble_base_model(path, family, unet, vae, text_encoders, scheduler_config)

@@ -270,13 +270,6 @@ def config_from_dims(dims: Mapping[str, ModuleDims]) -> LoRAConfig:
     conv = Counter((d.rank, d.alpha) for d in dims.values() if d.is_conv)
     rank, alpha = linear.most_common(1)[0][0] if linear else (16, 8.0)
     conv_rank, conv_alpha = conv.most_common(1)[0][0] if conv else (None, None)
-    has_unet = any(name.startswith("lora_unet_") for name in dims)
-    has_text = any(name.startswith("lora_te") for name in dims)
-    return LoRAConfig(
-        rank=rank,
-        alpha=alpha,
-        conv_rank=conv_rank,
-        conv_alpha=conv_alpha,
-        train_unet=has_unet,
-        train_text_encoder=has_text,
-    )
+    parts = {"train_unet": "lora_unet_", "train_text_encoder": "lora_te"}
+    trained = {part: any(n.startswith(prefix) for n in dims) for part, prefix in parts.items()}
+    return LoRAConfig(rank, alpha, conv_rank, conv_alpha, **trained)

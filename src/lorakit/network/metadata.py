@@ -2,8 +2,13 @@
 
 A1111's LoRA tab, CivitAI's uploader and ComfyUI's info nodes show these keys (network
 dim/alpha, base model, resolution, tag frequency). Values are strings, formatted the way
-sd-scripts formats them (JSON for dicts, `str()` for the rest, `(512, 512)` for a
-resolution), so those readers parse them unchanged.
+sd-scripts' `train_network.py` formats them (`str()` of the value, JSON for dicts,
+`(512, 512)` for a resolution), so those readers parse them unchanged. A1111 JSON-decodes
+values that start with `{` and then walks `ss_tag_frequency` as {folder: {tag: count}},
+`ss_dataset_dirs` as {folder: {"n_repeats", "img_count"}} and `ss_bucket_info` as
+{"buckets": {i: {"resolution", "count"}}}: those three are checked here, because a wrong
+shape breaks its "training info" panel rather than failing loudly. The `modelspec.*` keys
+follow sd-scripts' `library/sai_model_spec.py` (ModelSpec 1.0.1).
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import datetime
 import json
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from lorakit import __version__
 from lorakit.errors import LorakitError
-from lorakit.models.base import ModelFamily
+from lorakit.models import ModelFamily, file_hashes
 from lorakit.network.config import LoRAConfig
 
 BASE_MODEL_VERSION = {ModelFamily.SD15: "sd_v1", ModelFamily.SDXL: "sdxl_base_v1-0"}
@@ -30,6 +36,27 @@ IMPLEMENTATION = {
 }
 DEFAULT_RESOLUTION = {ModelFamily.SD15: 512, ModelFamily.SDXL: 1024}
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v", "v": "v"}
+MODELSPEC_VERSION = "1.0.1"
+# Optional modelspec fields a caller may pass as keyword arguments (no `ss_` twin).
+MODELSPEC_FIELDS = ("title", "author", "description", "license", "tags", "usage_hint")
+MODELSPEC_FIELDS += ("trigger_phrase", "thumbnail")
+
+
+def _is_counts(value: object, keys: tuple[str, ...] | None = None) -> bool:
+    """A dict of ints (with exactly `keys`, when given)."""
+    return (
+        isinstance(value, dict)
+        and (keys is None or set(value) == set(keys))
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+    )
+
+
+# The structured values A1111's training-info panel walks, and the shape it expects.
+_STRUCTURED = {
+    "ss_tag_frequency": lambda v: all(_is_counts(tags) for tags in v.values()),
+    "ss_dataset_dirs": lambda v: all(_is_counts(d, ("n_repeats", "img_count")) for d in v.values()),
+    "ss_bucket_info": lambda v: isinstance(v.get("buckets"), dict),
+}
 
 
 def _format(value: object) -> str:
@@ -38,6 +65,28 @@ def _format(value: object) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def _structured(key: str, value: object) -> str:
+    """`value` (a dict or its JSON) as JSON, after checking the shape readers expect."""
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+    if not (isinstance(parsed, dict) and _STRUCTURED[key](parsed)):
+        raise LorakitError(
+            f"metadata {key}: {str(value)[:60]!r} is not the JSON object sd-scripts writes; "
+            "see lorakit.network.metadata for the expected shape"
+        )
+    return json.dumps(parsed, ensure_ascii=False)
+
+
+def _take(training: dict[str, object], name: str) -> object:
+    """Pop `name` or `ss_<name>` from the keyword arguments (None when absent)."""
+    plain, prefixed = training.pop(name, None), training.pop(f"ss_{name}", None)
+    return plain if plain is not None else prefixed
 
 
 def _resolution(value: object) -> tuple[int, int]:
@@ -64,18 +113,13 @@ def lora_metadata(
     without the `ss_` prefix (`resolution=512`, `num_train_images=20`,
     `tag_frequency={"10_sks": {"sks": 20}}`, `training_started_at=time.time()`,
     `output_name="sks"`, ...). `None` values are left out. `prediction_type` and
-    `clip_skip` also fill their modelspec keys; `title`/`author`/`description` only those.
+    `clip_skip` also fill their modelspec keys; MODELSPEC_FIELDS (`title`, `author`,
+    `trigger_phrase`, ...) only theirs. See `base_model_metadata` for the base's name/hashes.
     """
     family = ModelFamily(family)
-    modelspec_extra = {
-        key: training.pop(key) for key in ("title", "author", "description") if key in training
-    }
-    started = float(
-        training.pop("training_started_at", training.pop("ss_training_started_at", time.time()))
-    )  # type: ignore[arg-type]
-    resolution = _resolution(
-        training.pop("resolution", training.pop("ss_resolution", DEFAULT_RESOLUTION[family]))
-    )
+    modelspec_extra = {key: training.pop(key) for key in MODELSPEC_FIELDS if key in training}
+    started = float(_take(training, "training_started_at") or time.time())  # type: ignore[arg-type]
+    resolution = _resolution(_take(training, "resolution") or DEFAULT_RESOLUTION[family])
     meta: dict[str, str] = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
@@ -92,9 +136,10 @@ def lora_metadata(
     args = network_args(config)
     if args:
         meta["ss_network_args"] = json.dumps(args)
-    for key, value in training.items():
+    for name, value in training.items():
+        key = name if name.startswith("ss_") else f"ss_{name}"
         if value is not None:
-            meta[key if key.startswith("ss_") else f"ss_{key}"] = _format(value)
+            meta[key] = _structured(key, value) if key in _STRUCTURED else _format(value)
     meta.update(_modelspec(family, started, resolution, meta, modelspec_extra))
     return meta
 
@@ -108,9 +153,10 @@ def _modelspec(
 ) -> dict[str, str]:
     title = extra.get("title") or meta.get("ss_output_name") or f"LoRA@{int(started)}"
     spec = {
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": ARCHITECTURE[family],
         "modelspec.implementation": IMPLEMENTATION[family],
+        "modelspec.implementation_version": f"lorakit/{__version__}",
         "modelspec.title": str(title),
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(started)).isoformat(),
@@ -120,10 +166,23 @@ def _modelspec(
     }
     if "ss_clip_skip" in meta:
         spec["modelspec.encoder_layer"] = meta["ss_clip_skip"]
-    for key in ("author", "description"):
+    for key in MODELSPEC_FIELDS[1:]:
         if extra.get(key):
-            spec[f"modelspec.{key}"] = str(extra[key])
+            spec[f"modelspec.{key}"] = _format(extra[key])
     return spec
+
+
+def base_model_metadata(path: str | Path) -> dict[str, str]:
+    """sd-scripts' keys naming the base checkpoint: `ss_sd_model_name` (the file or folder
+    name), and for a single file `ss_sd_model_hash` (A1111's legacy 8-hex model hash) and
+    `ss_new_sd_model_hash` (sha256). Hashing reads the whole file: call it once per run."""
+    path = Path(path)
+    meta = {"ss_sd_model_name": path.name}
+    if path.is_file():
+        hashes = file_hashes(path)
+        meta["ss_sd_model_hash"] = hashes["legacy"]
+        meta["ss_new_sd_model_hash"] = hashes["sha256"]
+    return meta
 
 
 def family_from_metadata(metadata: Mapping[str, str]) -> ModelFamily | None:

@@ -68,8 +68,13 @@ class LoRAModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         dtype = self.lora_down.weight.dtype
-        lora = self.lora_up(self.dropout(self.lora_down(x.to(dtype))))
-        return out + (lora * (self.multiplier * self.scale)).to(out.dtype)
+        # Under autocast the two matmuls pick their own dtype (casting x here would only
+        # copy it); without it the adapter runs in its parameters' dtype (fp32 beside bf16
+        # frozen weights) and hands the base's dtype back. The scale rides in the add.
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(dtype)
+        lora = self.lora_up(self.dropout(self.lora_down(x)))
+        return out.add(lora.to(out.dtype), alpha=self.multiplier * self.scale)
 
     def delta_weight(self) -> torch.Tensor:
         """scale · up @ down as a weight of the base layer's shape (for merging/inspection)."""

@@ -1,9 +1,9 @@
 """Prove a LoRA file loads where users use it, and list every key that would be ignored.
 
-Two independent loaders: diffusers' own `load_lora_weights` (its kohya converter and peft
-injection) into a pipeline of the base, and the key mapping A1111/ComfyUI apply (a key
-is used only if its module name is a layer of the base, in either SDXL spelling, with
-matching shapes). A key either loader drops is how users get "lora key not loaded".
+Two independent checks: diffusers' own `load_lora_weights` (its kohya converter and peft
+injection) into a pipeline of the base, and the name → layer mapping A1111, ComfyUI and
+InvokeAI apply (`lorakit.network.keymap`, re-derived from their loaders). A key any of
+them drops is how users get "lora key not loaded".
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import logging as diffusers_logging
-from torch import nn
 from transformers.utils import logging as transformers_logging
 
 from lorakit.models import BaseModel, ModelFamily, empty_base_model
-from lorakit.network.convert import diffusers_to_kohya, family_sites
+from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
-from lorakit.network.files import SUFFIXES, load_lora_file, split_key
+from lorakit.network.files import load_lora_file, split_key
+from lorakit.network.keymap import accepted_names, family_accepted_names, keymap_ignored
 from lorakit.network.lora import all_sites
 from lorakit.network.naming import Site, site_index
 
@@ -43,46 +43,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not (self.keymap_ignored or self.diffusers_ignored or self.diffusers_errors)
-
-
-def _expected_shapes(layer: nn.Module, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if isinstance(layer, nn.Conv2d):
-        return (rank, layer.in_channels, *layer.kernel_size), (layer.out_channels, rank, 1, 1)
-    assert isinstance(layer, nn.Linear)
-    return (rank, layer.in_features), (layer.out_features, rank)
-
-
-def _fits(site: Site, suffix: str, tensor: torch.Tensor, rank: int) -> bool:
-    if suffix == ".alpha":
-        return tensor.numel() == 1
-    down, up = _expected_shapes(site.layer, rank)
-    want = down if suffix == ".lora_down.weight" else up
-    shape = tuple(tensor.shape)
-    # A 1×1 conv accepts 2-D weights too (A1111 and ComfyUI reshape them).
-    return shape == want or (len(want) == 4 and want[2:] == (1, 1) and shape == want[:2])
-
-
-def keymap_ignored(state: Mapping[str, torch.Tensor], sites: Sequence[Site]) -> list[str]:
-    """Keys that an A1111/ComfyUI-style name → layer mapping would not apply."""
-    index = site_index(sites)
-    ranks = {
-        split_key(k)[0]: int(v.shape[0])
-        for k, v in state.items()
-        if k.endswith(".lora_down.weight")
-    }
-    ignored = []
-    for key, tensor in state.items():
-        name, suffix = split_key(key)
-        site = index.get(name)
-        rank = ranks.get(name)
-        if (
-            site is None
-            or suffix not in SUFFIXES
-            or rank is None
-            or not _fits(site, suffix, tensor, rank)
-        ):
-            ignored.append(key)
-    return ignored
 
 
 class _Collect(logging.Handler):
@@ -175,15 +135,15 @@ def verify_lora(
     if not is_kohya_format(state):
         state = diffusers_to_kohya(state, family, metadata, str(path))
     if base is None:
-        base, label, sites = (
+        base, label, names = (
             empty_base_model(family),
             f"{family.value} (empty)",
-            list(family_sites(family)),
+            family_accepted_names(family),
         )
     else:
-        label, sites = str(base.source), all_sites(base)
+        label, names = str(base.source), accepted_names(base)
     report = VerifyReport(path, family, label, len({split_key(k)[0] for k in state}))
-    report.keymap_ignored = keymap_ignored(state, sites)
+    report.keymap_ignored = keymap_ignored(state, names)
     report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(
         state, base, all_sites(base)
     )

@@ -34,6 +34,13 @@ def last_file(out: Path, name: str) -> Path:
     return out / f"{name}.safetensors"
 
 
+def newest_file(out: Path, name: str) -> Path | None:
+    """The most recently written epoch or step file of run `name` (None when there is none)."""
+    pattern = rf"{re.escape(name)}-(\d{{6}}|step\d{{8}})\.safetensors"
+    found = [p for p in out.glob("*.safetensors") if re.fullmatch(pattern, p.name)]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
 def prune(out: Path, name: str, keep_last: int | None) -> list[Path]:
     """Delete all but the newest `keep_last` epoch files and step files; returns the deleted."""
     if keep_last is None:

@@ -290,6 +290,32 @@ def load_config(
     return config_from_dict(data, str(path) if path is not None else "config")
 
 
+def _absolute(value: str | None) -> str | None:
+    return str(Path(value).absolute()) if value else value
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The same config with every file and folder made absolute.
+
+    The run's `config.toml` is a record to train again from, and it lives in the output
+    folder: paths relative to where the first run started would break from anywhere else.
+    """
+    data = config.model_dump()
+    paths = config.dataset.path
+    data["dataset"]["path"] = (
+        _absolute(paths) if isinstance(paths, str) else [_absolute(p) for p in paths]
+    )
+    for section, key in (
+        ("model", "path"),
+        ("dataset", "reg_path"),
+        ("network", "weights"),
+        ("sampling", "prompts"),
+        ("saving", "output_dir"),
+    ):
+        data[section][key] = _absolute(data[section][key])
+    return TrainConfig.model_validate(data)
+
+
 def save_config(config: TrainConfig, path: Path) -> None:
     """Write the config as TOML, atomically; `load_config(path)` gives it back."""
     atomic_write_text(path, tomli_w.dumps(config.to_dict()))

@@ -159,11 +159,16 @@ def load_pixels(item: TrainItem, flip: bool, color_seed: int | None = None) -> t
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def time_ids(item: TrainItem) -> torch.Tensor:
-    """SDXL's micro-conditioning: original size, crop top-left, target size (all H, W)."""
+def time_ids(item: TrainItem, flip: bool = False) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop top-left, target size (all H, W).
+
+    A flipped image's crop starts at the mirrored offset: what was cut off on the right is
+    now cut off on the left, and the crop coordinate must say so (as sd-scripts does).
+    """
     c, b = item.crop, item.bucket
+    left = c.resized_width - c.left - b.width if flip else c.left
     return torch.tensor(
-        [item.height, item.width, c.top, c.left, b.height, b.width], dtype=torch.float32
+        [item.height, item.width, c.top, left, b.height, b.width], dtype=torch.float32
     )
 
 

@@ -18,7 +18,7 @@ from accelerate.utils import set_seed
 
 from lorakit.errors import LorakitError
 from lorakit.training import checkpoint as ckpt
-from lorakit.training.config import TrainConfig, save_config
+from lorakit.training.config import TrainConfig, save_config, with_absolute_paths
 from lorakit.training.data import BucketBatchSampler, build_items
 from lorakit.training.monitor import Monitor
 from lorakit.training.objective import Objective
@@ -29,6 +29,7 @@ from lorakit.training.runtime import (
     inject,
     latent_source,
     make_accelerator,
+    prediction_type,
     prepare_model,
     text_cache,
     trained_text_encoders,
@@ -73,10 +74,9 @@ class Trainer:
         self.progress = ckpt.Progress()
         acc.register_for_checkpointing(ckpt.LoRAState(self.network), self.scheduler, self.progress)
         self.train_tes = trained_text_encoders(self.base, te_lrs)
-        prediction = config.training.prediction
         self.objective = Objective(
             self.base.scheduler_config,
-            self.base.prediction_type if prediction == "auto" else prediction,
+            prediction_type(config, self.base),
             acc.device,
             config.training.noise_offset,
             config.training.min_snr_gamma,
@@ -91,7 +91,7 @@ class Trainer:
             acc.device,
         )
         self.latents = latent_source(config, self.base, self.items, self.out)
-        self.outputs = Outputs(config, self.network, self.base, self.items, acc)
+        self.outputs = Outputs(config, self.network, self.base, self.items, self.plan, acc)
         if config.dataset.color_aug and config.training.cache_latents != "none":
             notes.append("color_aug changes pixels every step: latents are encoded live")
         self.notes = notes
@@ -107,9 +107,10 @@ class Trainer:
         acc, config = self.accelerator, self.config
         if self.resume is not None:
             acc.load_state(str(self.resume))
+            self.outputs.last_saved = ckpt.newest_file(self.out, config.saving.name)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.out / "config.toml")
+            save_config(with_absolute_paths(config), self.out / "config.toml")
         keys = [(i, flip) for i in range(len(self.latents.items)) for flip in self._flips()]
         self.latents.fill(keys, self.monitor.progress if self.monitor else None)
         if config.validation.enabled and self.items.validation:
@@ -218,7 +219,8 @@ class Trainer:
             self._optimizer_step()
             if self.monitor is not None:
                 self.monitor.advance()
-            if self.progress.step % every == 0:
+            # A LoRA file is written only after a finite loss was seen (the flush checks it).
+            if self.progress.step % every == 0 or self.outputs.saves_at(self.progress.step):
                 self._log_step()
             self.outputs.after_step(self.progress)
             if self.progress.step >= self.plan.total_steps:
@@ -277,6 +279,7 @@ class Trainer:
             try:
                 return self._epochs(stop_after_epoch)
             except KeyboardInterrupt:
+                self._flush_loss()  # a diverged LoRA must not replace the last good file
                 self.outputs.interrupted(self.progress)
                 raise
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from lorakit.models import BaseModel
 from lorakit.network.lora import LoRANetwork
@@ -21,7 +22,8 @@ from lorakit.training import checkpoint as ckpt
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import Items
 from lorakit.training.monitor import Monitor
-from lorakit.training.runtime import lora_config
+from lorakit.training.plan import RunPlan
+from lorakit.training.runtime import lora_config, prediction_type
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,7 +37,10 @@ def tag_frequency(items: Items) -> dict[str, dict[str, int]]:
     return {folder: dict(counter) for folder, counter in freq.items()}
 
 
-def training_metadata(config: TrainConfig, items: Items, started: float) -> dict[str, Any]:
+def training_metadata(
+    config: TrainConfig, items: Items, plan: RunPlan, prediction: str, started: float
+) -> dict[str, Any]:
+    """kohya's training keys, so A1111, CivitAI and `lorakit` show how the file was made."""
     c = config
     return {
         "ss_output_name": c.saving.name,
@@ -49,6 +54,11 @@ def training_metadata(config: TrainConfig, items: Items, started: float) -> dict
         "ss_optimizer": c.optimizer.name + (f"({c.optimizer.args})" if c.optimizer.args else ""),
         "ss_lr_scheduler": c.scheduler.name,
         "ss_lr_warmup_steps": c.scheduler.warmup_steps,
+        "ss_num_epochs": plan.epochs,
+        "ss_num_batches_per_epoch": plan.batches_per_epoch,
+        "ss_max_train_steps": plan.total_steps,
+        "ss_prediction_type": prediction,
+        "ss_v_parameterization": prediction == "v_prediction",
         "ss_batch_size_per_device": c.training.batch_size,
         "ss_gradient_accumulation_steps": c.training.grad_accum,
         "ss_mixed_precision": c.training.mixed_precision,
@@ -71,7 +81,13 @@ class Outputs:
     """Saves files at the configured epochs and steps; remembers the last good file."""
 
     def __init__(
-        self, config: TrainConfig, network: LoRANetwork, base: BaseModel, items: Items, accelerator
+        self,
+        config: TrainConfig,
+        network: LoRANetwork,
+        base: BaseModel,
+        items: Items,
+        plan: RunPlan,
+        accelerator: Accelerator,
     ):
         self.config, self.network, self.base, self.items = config, network, base, items
         self.accelerator = accelerator
@@ -79,7 +95,8 @@ class Outputs:
         self.name = config.saving.name
         te_lrs = config.text_encoder_lrs(len(base.text_encoders))
         self.lora_config = lora_config(config, te_lrs)
-        self.training = training_metadata(config, items, time.time())
+        prediction = prediction_type(config, base)
+        self.training = training_metadata(config, items, plan, prediction, time.time())
         self.last_saved: Path | None = None
         self.prompts = self._prompts()
 
@@ -94,14 +111,15 @@ class Outputs:
     def main(self) -> bool:
         return bool(self.accelerator.is_main_process)
 
-    def save_lora(self, path: Path, progress: ckpt.Progress) -> None:
+    def save_lora(self, path: Path, progress: ckpt.Progress, epoch: int | None = None) -> None:
+        """Write the LoRA with its metadata; `epoch` defaults to the one in progress."""
         if not self.main:
             return
         metadata = lora_metadata(
             self.base.family,
             self.lora_config,
             **self.training,
-            ss_epoch=progress.epoch,
+            ss_epoch=progress.epoch if epoch is None else epoch,
             ss_steps=progress.step,
             ss_training_finished_at=time.time(),
         )
@@ -129,9 +147,13 @@ class Outputs:
             name=self.name,
         )
 
+    def saves_at(self, step: int) -> bool:
+        """Whether `after_step` writes a LoRA file at this optimizer step."""
+        every = self.config.saving.save_every_n_steps
+        return bool(every) and step % every == 0
+
     def after_step(self, progress: ckpt.Progress) -> None:
-        s = self.config.saving
-        if s.save_every_n_steps and progress.step % s.save_every_n_steps == 0:
+        if self.saves_at(progress.step):
             self.save_lora(ckpt.step_file(self.out, self.name, progress.step), progress)
             self._prune()
             self.save_state()
@@ -190,7 +212,8 @@ class Outputs:
         ckpt.record_epoch(self.out, header, entry)
 
     def finish(self, progress: ckpt.Progress) -> None:
-        self.save_lora(ckpt.last_file(self.out, self.name), progress)
+        """The last file, after the final epoch was closed (`progress.epoch` is the next)."""
+        self.save_lora(ckpt.last_file(self.out, self.name), progress, epoch=progress.epoch - 1)
         self.save_state()
 
     def interrupted(self, progress: ckpt.Progress) -> None:

@@ -45,20 +45,47 @@ class RunPlan:
     sample_epochs: list[int]
 
     def lines(self, config: TrainConfig) -> list[str]:
+        """The plan in words: each count, the arithmetic behind it and where it came from."""
         t = config.training
         rep = ", ".join(map(str, self.repeats))
+        source = "dataset.repeats" if config.dataset.repeats else "the N_name folder names"
+        views = (
+            f"{self.images} images × {rep} repeats"
+            if len(self.repeats) == 1
+            else f"{self.images} images with repeats {rep}"
+        )
+        reg = " + as many regularization views" if self.reg_images else ""
+        if t.max_train_steps:
+            length = (
+                f"total steps: {self.total_steps} (training.max_train_steps) → "
+                f"{self.epochs} epochs of {self.steps_per_epoch} steps"
+            )
+        else:
+            length = (
+                f"{self.steps_per_epoch} steps × {self.epochs} epochs (training.epochs) "
+                f"= total steps: {self.total_steps}"
+            )
         return [
             f"images: {self.images} (+{self.reg_images} regularization), "
             f"validation on {self.validation_images}",
-            f"repeats: {rep}; image views per epoch: {self.views_per_epoch}",
+            f"{views} (from {source}){reg} = {self.views_per_epoch} image views per epoch",
             f"batches per epoch: {self.batches_per_epoch} (batch {t.batch_size}, "
             f"{self.buckets} bucket(s)); optimizer steps per epoch: {self.steps_per_epoch} "
             f"(grad_accum {t.grad_accum})",
-            f"epochs: {self.epochs} → total steps: {self.total_steps}"
-            + (f" (capped by max_train_steps {t.max_train_steps})" if t.max_train_steps else ""),
-            f"LoRA files after epochs: {_epoch_list(self.saves) or 'the last only'}",
+            length,
+            _saves_line(self.saves, config),
             f"samples after epochs: {_epoch_list(self.sample_epochs) or 'none'}",
         ]
+
+
+def _saves_line(saves: list[int], config: TrainConfig) -> str:
+    s = config.saving
+    line = f"LoRA files after epochs: {_epoch_list(saves) or 'none'}"
+    if s.save_every_n_steps:
+        line += f", and every {s.save_every_n_steps} steps"
+    if s.keep_last:
+        line += f" (the newest {s.keep_last} of each kept)"
+    return line + "; the last as <name>.safetensors"
 
 
 def _epoch_list(epochs: list[int]) -> str:

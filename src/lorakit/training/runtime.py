@@ -35,7 +35,10 @@ def make_accelerator(config: TrainConfig) -> tuple[Accelerator, list[str]]:
         notes.append("fp16 needs a CUDA GPU; training in fp32 on this machine")
         precision = "no"
     # accelerate keeps process-wide singletons; a process that trains twice (a notebook, the
-    # tests) must clear them or the second run inherits the first run's precision.
+    # tests) must clear them, or the second run keeps the first run's precision and
+    # accumulation (a changed mixed_precision even raises). accelerate 1.x has no public
+    # reset: its own test base class (`accelerate.test_utils.AccelerateTestCase`) calls these
+    # two. The PartialState (process group, device) is kept: it stays valid for the process.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(
@@ -55,6 +58,12 @@ def weight_dtype(config: TrainConfig, precision: str) -> torch.dtype:
             )
         return DTYPES[config.model.dtype]
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def prediction_type(config: TrainConfig, base: BaseModel) -> str:
+    """`training.prediction`, where "auto" means what the checkpoint's scheduler says."""
+    chosen = config.training.prediction
+    return base.prediction_type if chosen == "auto" else chosen
 
 
 def lora_config(config: TrainConfig, te_lrs: list[float]) -> LoRAConfig:

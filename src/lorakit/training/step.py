@@ -26,6 +26,7 @@ class Batch:
     captions: list[str]
     weights: torch.Tensor
     items: list[TrainItem]
+    flips: list[bool]
 
 
 def assemble(
@@ -41,7 +42,8 @@ def assemble(
     stacked = torch.stack([latents.get((k.index, k.flip), k.seed if color else None) for k in keys])
     captions = [process_caption(items[k.index].caption, k.seed, config) for k in keys]
     weights = loss_weights(chosen, config.dataset.prior_loss_weight)
-    return Batch(stacked.to(device), captions, weights.to(device), chosen)
+    flips = [k.flip for k in keys]
+    return Batch(stacked.to(device), captions, weights.to(device), chosen, flips)
 
 
 class Stepper:
@@ -71,13 +73,16 @@ class Stepper:
         t: torch.Tensor,
         items: Sequence[TrainItem],
         captions: Sequence[str],
+        flips: Sequence[bool] | None = None,
     ) -> torch.Tensor:
+        """The U-Net's output; `flips` (default: none flipped) set SDXL's crop coordinates."""
         hidden, pooled = self.conditioning(captions)
         unet = self.base.unet
         added = None
         if self.base.is_sdxl:
-            ids = torch.stack([time_ids(it) for it in items]).to(self.device)
-            added = {"text_embeds": pooled, "time_ids": ids}
+            flipped = flips if flips is not None else [False] * len(items)
+            ids = torch.stack([time_ids(it, f) for it, f in zip(items, flipped, strict=True)])
+            added = {"text_embeds": pooled, "time_ids": ids.to(self.device)}
         out = unet(
             noisy.to(unet.dtype),
             t,
@@ -91,6 +96,6 @@ class Stepper:
         noise = self.objective.sample_noise(latents)
         t = self.objective.sample_timesteps(latents.shape[0], latents.device)
         noisy = self.objective.add_noise(latents, noise, t)
-        pred = self.predict(noisy, t, batch.items, batch.captions)
+        pred = self.predict(noisy, t, batch.items, batch.captions, batch.flips)
         target = self.objective.target(latents, noise, t)
         return self.objective.loss(pred, target, t, batch.weights)

@@ -1,0 +1,14 @@
+"""The model families lorakit supports, in a module that imports nothing heavy.
+
+`lorakit.models` loads diffusers and transformers; the command line needs only the names
+(for `choices=`), so the enum lives here and `lorakit.models` re-exports it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ModelFamily(StrEnum):
+    SD15 = "sd15"
+    SDXL = "sdxl"
