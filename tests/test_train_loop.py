@@ -116,6 +116,16 @@ def test_lora_metadata_and_txt_captions(sd15_run: Path) -> None:
     assert float(meta["ss_min_snr_gamma"]) == 5.0
     tags = json.loads(meta["ss_tag_frequency"])
     assert tags == {"data": {"sks disc": 4}}
+    dirs = json.loads(meta["ss_dataset_dirs"])
+    assert list(dirs) == ["data"] and dirs["data"]["img_count"] == 4
+    views = dirs["data"]["n_repeats"] * 4
+    assert int(meta["ss_num_train_images"]) == views
+    buckets = json.loads(meta["ss_bucket_info"])["buckets"]
+    assert [b["resolution"] for b in buckets.values()] == [[64, 64]]
+    assert sum(b["count"] for b in buckets.values()) == views
+    assert meta["ss_total_batch_size"] == meta["ss_batch_size_per_device"]
+    assert meta["ss_cache_latents"] == "True"
+    assert meta["ss_sd_model_name"] and meta["ss_session_id"].isdigit()
 
 
 def test_lora_loads_in_diffusers(sd15_run: Path, tiny_sd15_dir: Path) -> None:

@@ -7,6 +7,7 @@ writes files; `save_state` is collective (every process stores its RNG state).
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from accelerate import Accelerator
 
 from lorakit.models import BaseModel
 from lorakit.network.lora import LoRANetwork
-from lorakit.network.metadata import lora_metadata
+from lorakit.network.metadata import base_model_metadata, lora_metadata
 from lorakit.training import checkpoint as ckpt
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import Items
@@ -29,20 +30,51 @@ SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 
 def tag_frequency(items: Items) -> dict[str, dict[str, int]]:
-    """kohya's `ss_tag_frequency`: per image folder, how often each caption tag occurs."""
+    """kohya's `ss_tag_frequency`: per image folder, how often each caption tag occurs
+    (stripped and lower-cased, as sd-scripts counts them)."""
     freq: dict[str, Counter[str]] = {}
     for item in items.train:
-        tags = [t.strip() for t in item.caption.split(",") if t.strip()]
+        tags = [t.strip().lower() for t in item.caption.split(",") if t.strip()]
         freq.setdefault(item.path.parent.name, Counter()).update(tags)
     return {folder: dict(counter) for folder, counter in freq.items()}
 
 
+def dataset_dirs(items: Items) -> dict[str, dict[str, int]]:
+    """kohya's `ss_dataset_dirs`: per image folder, its repeats and image count."""
+    dirs: dict[str, dict[str, int]] = {}
+    for item in items.all:
+        entry = dirs.setdefault(item.path.parent.name, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    return dirs
+
+
+def bucket_info(items: Items) -> dict[str, Any]:
+    """kohya's `ss_bucket_info`: each bucket's size and how many image views it holds."""
+    counts: Counter[tuple[int, int]] = Counter()
+    for item in items.all:
+        counts[(item.bucket.width, item.bucket.height)] += item.repeats
+    buckets = {
+        str(i): {"resolution": list(size), "count": counts[size]}
+        for i, size in enumerate(sorted(counts))
+    }
+    return {"buckets": buckets}
+
+
 def training_metadata(
-    config: TrainConfig, items: Items, plan: RunPlan, prediction: str, started: float
+    config: TrainConfig,
+    items: Items,
+    plan: RunPlan,
+    prediction: str,
+    started: float,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """kohya's training keys, so A1111, CivitAI and `lorakit` show how the file was made."""
+    """kohya's training keys, so A1111, CivitAI and `lorakit` show how the file was made.
+
+    Hashing the base checkpoint reads it once: call this once per run.
+    """
     c = config
     return {
+        "ss_session_id": random.SystemRandom().randint(0, 2**32 - 1),
         "ss_output_name": c.saving.name,
         "ss_training_started_at": started,
         "ss_num_train_images": sum(it.repeats for it in items.train),
@@ -60,7 +92,10 @@ def training_metadata(
         "ss_prediction_type": prediction,
         "ss_v_parameterization": prediction == "v_prediction",
         "ss_batch_size_per_device": c.training.batch_size,
+        "ss_total_batch_size": c.training.batch_size * c.training.grad_accum * processes,
         "ss_gradient_accumulation_steps": c.training.grad_accum,
+        "ss_gradient_checkpointing": c.training.gradient_checkpointing,
+        "ss_cache_latents": c.training.cache_latents != "none",
         "ss_mixed_precision": c.training.mixed_precision,
         "ss_seed": c.training.seed,
         "ss_clip_skip": c.training.clip_skip,
@@ -73,7 +108,10 @@ def training_metadata(
         "ss_keep_tokens": c.dataset.keep_tokens,
         "ss_prior_loss_weight": c.dataset.prior_loss_weight,
         "ss_tag_frequency": tag_frequency(items),
-        "ss_sd_model_name": Path(c.model.path).name,
+        "ss_dataset_dirs": dataset_dirs(items),
+        "ss_bucket_info": bucket_info(items),
+        "trigger_phrase": c.dataset.trigger or None,
+        **base_model_metadata(c.model.path),
     }
 
 
@@ -96,7 +134,9 @@ class Outputs:
         te_lrs = config.text_encoder_lrs(len(base.text_encoders))
         self.lora_config = lora_config(config, te_lrs)
         prediction = prediction_type(config, base)
-        self.training = training_metadata(config, items, plan, prediction, time.time())
+        self.training = training_metadata(
+            config, items, plan, prediction, time.time(), accelerator.num_processes
+        )
         self.last_saved: Path | None = None
         self.prompts = self._prompts()
 
