@@ -174,7 +174,7 @@ def test_lint_exit_status_and_table(capsys: pytest.CaptureFixture[str], tmp_path
     draw_photo(9, (100, 120)).save(folder / "tiny.png")
     code, out, _ = _run(capsys, "lint", str(folder))
     assert code == 1 and "too-small" in out and "→ replace it with a larger" in out
-    assert "1 error, 4 warnings, 1 info" in out  # 3 below-native, 1 few images
+    assert "1 error, 5 warnings, 0 info" in out  # 3 below-native, few images, no captions
 
 
 @pytest.mark.parametrize("command", ["scan", "plan"])

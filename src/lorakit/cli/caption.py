@@ -95,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.captioning.blip import locate_captioner
     from lorakit.captioning.prefix import CaptionStyle
     from lorakit.captioning.wd14 import locate_tagger
-    from lorakit.captioning.write import frequency_table, plan_captions, run_captions
+    from lorakit.captioning.write import (
+        frequency_table,
+        normalize_ext,
+        plan_captions,
+        run_captions,
+    )
 
     # Check the model files before scanning and loading so a typo fails in a second.
     if args.tagger:
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if result.frequencies:
         console.print(frequency_table(result.frequencies, len(result.written)))
     console.print(
-        f"wrote {len(result.written)} captions"
+        f"wrote {len(result.written)} {normalize_ext(args.ext)} captions next to their images"
         + (f", skipped {len(result.skipped)} already captioned" if result.skipped else "")
     )
     return 0

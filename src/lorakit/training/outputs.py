@@ -197,9 +197,12 @@ class Outputs:
             self.save_lora(ckpt.step_file(self.out, self.name, progress.step), progress)
             self._prune()
             self.save_state()
-        n = self.config.sampling.every_n_steps
-        if n and progress.step % n == 0:
+        if self._samples_due_at_step(progress.step):
             self._samples(progress)
+
+    def _samples_due_at_step(self, step: int) -> bool:
+        n = self.config.sampling.every_n_steps
+        return bool(n) and step % n == 0
 
     def _prune(self) -> None:
         if self.main:
@@ -229,7 +232,9 @@ class Outputs:
             )
         self._summary(epoch, progress.step, train_loss, val_loss, saved)
         sample_every = self.config.sampling.every_n_epochs
-        if sample_every and epoch % sample_every == 0:
+        # A step that already rendered samples would write the very same files again.
+        due = bool(sample_every) and epoch % sample_every == 0
+        if due and not self._samples_due_at_step(progress.step):
             self._samples(progress)
         return saved
 

@@ -86,7 +86,7 @@ def prepare_model(config: TrainConfig, accelerator: Accelerator) -> BaseModel:
         module.requires_grad_(False)
         module.to(accelerator.device)
     if base.vae.dtype != torch.float32:
-        base.vae.to(torch.float32)
+        base.vae.float()
     if config.training.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
     return base
