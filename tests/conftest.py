@@ -7,6 +7,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# One thread per process, inherited by the CLI subprocesses tests start: tiny models gain
+# nothing from more, and on a 2-core machine extra threads turn 0.1 s forward passes into
+# seconds of contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

@@ -23,15 +23,6 @@ from tests.test_network_support import tiny_base
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One torch thread: tiny models gain nothing from more, and the shared CPUs are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_lora(base: BaseModel, path: Path, seed: int, scale: float = 0.3) -> Path:
     """A kohya LoRA file for `base` whose up weights are non-zero, so it changes images."""
     network = LoRANetwork.inject(base, LoRAConfig(rank=4, alpha=4.0))

@@ -24,7 +24,7 @@ from lorakit.inference.lossplot import plot_loss
 from lorakit.inference.pick import analyse
 from lorakit.inference.prompt import LoraRef
 from lorakit.models import load_base_model
-from tests.test_inference_generate import make_lora, single_thread  # noqa: F401
+from tests.test_inference_generate import make_lora
 
 CELL = 64
 

@@ -173,6 +173,18 @@ def test_lora_hash_follows_a1111(tmp_path: Path) -> None:
     stamped = tmp_path / "stamped.safetensors"
     save_file({"w": torch.zeros(2)}, stamped, metadata={"sshs_model_hash": "f" * 64})
     assert lora_short_hash(stamped) == "f" * 12
+    pickled = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(3)}, pickled)
+    assert lora_short_hash(pickled) == hashlib.sha256(pickled.read_bytes()).hexdigest()[:12]
+
+
+def test_lora_hash_of_a_broken_file_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(LorakitError) as excinfo:
+        lora_short_hash(broken)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(broken) in message
 
 
 def test_reads_a1111_schedule_type_as_one_sampler_name() -> None:

@@ -11,7 +11,6 @@ import pytest
 from lorakit.cli.main import main
 from lorakit.inference.metadata import parse_parameters, read_parameters
 from lorakit.training.loop import train
-from tests.test_inference_generate import single_thread  # noqa: F401
 from tests.test_train_support import fast_config, make_concept
 
 

@@ -12,7 +12,6 @@ from lorakit.models import ModelFamily, empty_base_model
 from lorakit.models.components import bundled_config_dir
 from lorakit.models.loader import load_single_file_state
 from tests.helpers.ldm import base_ldm_state_dict
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 
 def _count(module: torch.nn.Module) -> int:

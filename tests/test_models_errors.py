@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 
 from lorakit.errors import LorakitError
 from lorakit.models import detect_family, load_base_model
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 SD_CORE = {"model.diffusion_model.out.2.weight": 1, "first_stage_model.decoder.conv_out.bias": 1}
 

@@ -17,7 +17,6 @@ from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, file_hashes, load_base_model
 from lorakit.models.components import load_tokenizers
 from tests.helpers.ldm import write_ldm_checkpoint
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 FAMILIES = [ModelFamily.SD15, ModelFamily.SDXL]
 

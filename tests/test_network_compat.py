@@ -15,7 +15,6 @@ from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
 from lorakit.network.verify import verify_lora
 from tests import test_network_support as support
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 
 # With conv_rank every module kind is covered: Linear, 1×1 conv (SD1.5 proj_in/out),

@@ -21,7 +21,6 @@ from lorakit.network.modules import LoRAModule
 from tests.test_network_support import (
     forward,
     max_diff,
-    one_torch_thread,  # noqa: F401
     randomise,
     tiny_base,
 )

@@ -15,7 +15,6 @@ from lorakit.models import ModelFamily
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import save_lora_file
 from lorakit.network.metadata import base_model_metadata, lora_metadata
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 TAGS = {"10_sks person": {"sks": 12, "person": 12, "smiling": 3}, "1_style": {"sks": 2}}
 DIRS = {

@@ -16,7 +16,6 @@ from lorakit.network.lora import LoRANetwork, network_sites
 from lorakit.network.naming import ldm_block_map, to_ldm_path
 from lorakit.network.verify import verify_lora
 from tests.helpers.ldm import apply_rules, base_ldm_state_dict, unet_rules
-from tests.test_network_support import one_torch_thread  # noqa: F401
 
 # Names checked by hand against sd-scripts' rules: prefix + module path with "." → "_";
 # SD1.5 on the diffusers path, SDXL on sd-scripts' own SAI/LDM UNet (input_blocks.<n>.<i>,

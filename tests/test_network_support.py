@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
 from lorakit.models import BaseModel, ModelFamily
 from lorakit.network.lora import LoRANetwork
 from tests.helpers.tiny import tiny_sd15_pipeline, tiny_sdxl_pipeline
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One torch thread: tiny models gain nothing from more, and on a shared 2-core machine
-    several threads per process turn a 0.1 s forward pass into 12 s. Autouse: importing it
-    into a test module is enough."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_base(family: str, seed: int = 0) -> BaseModel:

@@ -10,7 +10,13 @@ from PIL import Image
 
 from lorakit.models.configs import CONFIG_ROOT
 from lorakit.training.config import config_from_dict
-from lorakit.training.data import BucketBatchSampler, build_items, loss_weights, process_caption
+from lorakit.training.data import (
+    BucketBatchSampler,
+    build_items,
+    load_pixels,
+    loss_weights,
+    process_caption,
+)
 from lorakit.training.objective import Objective
 from tests.test_train_support import make_concept
 
@@ -109,3 +115,23 @@ def test_validation_holds_out_a_split_or_uses_every_image(tmp_path: Path) -> Non
     every = build_items(config_from_dict({"dataset": {"path": str(data)}}), 64)
     assert [it.path for it in every.validation] == [it.path for it in every.train]
     assert len(every.train) == 4
+
+
+def test_exif_rotated_photo_trains_upright(tmp_path: Path) -> None:
+    """A phone photo stored 128×64 with EXIF "rotate 90°" is a 64×128 portrait: its bucket
+    and its pixels both follow the upright image, as `lorakit dataset prep` would see it."""
+    data = tmp_path / "img"
+    data.mkdir()
+    stored = Image.new("RGB", (128, 64), (0, 0, 0))
+    stored.paste((255, 255, 255), (0, 0, 64, 64))  # the left half of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    stored.save(data / "phone.jpg", exif=exif, quality=95)
+    (item,) = build_items(_config(data), 128).train
+    assert (item.width, item.height) == (64, 128)
+    assert item.bucket.height > item.bucket.width
+    pixels = load_pixels(item, flip=False)
+    assert pixels.shape[1:] == (item.bucket.height, item.bucket.width)
+    # Rotated clockwise, the stored left half becomes the top half of the portrait.
+    top, bottom = pixels[:, : pixels.shape[1] // 2], pixels[:, pixels.shape[1] // 2 :]
+    assert top.mean() > 0.8 and bottom.mean() < -0.8

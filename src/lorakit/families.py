@@ -12,3 +12,8 @@ from enum import StrEnum
 class ModelFamily(StrEnum):
     SD15 = "sd15"
     SDXL = "sdxl"
+
+
+# The side each family was trained at: the default training resolution, and the size below
+# which lint warns that the trainer will upscale.
+NATIVE_SIDE = {ModelFamily.SD15.value: 512, ModelFamily.SDXL.value: 1024}

@@ -53,7 +53,6 @@ class TagThresholds:
 class ScoredTag:
     name: str
     score: float
-    category: int
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def select_tags(
     ratings = np.flatnonzero(cats == RATING)
     if thresholds.include_ratings and ratings.size:
         chosen.append(int(ratings[np.argmax(probabilities[ratings])]))
-    tags = [ScoredTag(table.names[i], float(probabilities[i]), int(cats[i])) for i in chosen]
+    tags = [ScoredTag(table.names[i], float(probabilities[i])) for i in chosen]
     return sorted(tags, key=lambda tag: -tag.score)
 
 

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lorakit.captioning.base import Captioner
@@ -23,6 +21,7 @@ from lorakit.captioning.choices import DEFAULT_EXT, ExistingCaptions
 from lorakit.captioning.prefix import CaptionStyle
 from lorakit.captioning.tags import tag_frequencies
 from lorakit.dataset.images import load_rgb
+from lorakit.dataset.progress import track
 from lorakit.dataset.scan import scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
@@ -92,22 +91,11 @@ def _batches(jobs: Sequence[CaptionJob], size: int) -> list[Sequence[CaptionJob]
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("captioning"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def run_captions(
     plan: CaptionPlan,
     captioner: Captioner,
     style: CaptionStyle,
     batch_size: int = 4,
-    console: Console | None = None,
 ) -> CaptionRun:
     """Caption every planned image, writing each batch's files as soon as it is done.
 
@@ -117,15 +105,12 @@ def run_captions(
     if batch_size < 1:
         raise LorakitError(f"--batch-size {batch_size}: must be at least 1")
     run = CaptionRun(skipped=list(plan.skipped))
-    with _progress(console or Console(stderr=True)) as progress:
-        task = progress.add_task("captioning", total=len(plan.jobs))
-        for batch in _batches(plan.jobs, batch_size):
-            parts = captioner.caption([load_rgb(job.image) for job in batch])
-            for job, generated in zip(batch, parts, strict=True):
-                text = style.compose(generated, job.existing)
-                atomic_write_text(job.target, text + "\n")
-                run.written[job.target] = text
-            progress.advance(task, len(batch))
+    for batch in track(_batches(plan.jobs, batch_size), "Captioning"):
+        parts = captioner.caption([load_rgb(job.image) for job in batch])
+        for job, generated in zip(batch, parts, strict=True):
+            text = style.compose(generated, job.existing)
+            atomic_write_text(job.target, text + "\n")
+            run.written[job.target] = text
     return run
 
 

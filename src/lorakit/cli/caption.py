@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     captioner = _load_model(args)
     style = CaptionStyle.from_text(prefix=args.prefix, undesired=args.undesired)
     result = run_captions(plan, captioner, style, batch_size=args.batch_size)
-    if result.frequencies:
-        console.print(frequency_table(result.frequencies, len(result.written)))
+    frequencies = result.frequencies
+    if frequencies:
+        console.print(frequency_table(frequencies, len(result.written)))
     console.print(
         f"wrote {len(result.written)} {normalize_ext(args.ext)} captions next to their images"
         + (f", skipped {len(result.skipped)} already captioned" if result.skipped else "")

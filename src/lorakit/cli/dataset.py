@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorakit.cli.common import arguments_for
-from lorakit.dataset.choices import BLUR_THRESHOLD, CROPS, NATIVE_SIDE
+from lorakit.dataset.choices import BLUR_THRESHOLD, CROPS, FACE_MARGIN, NATIVE_SIDE
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.errors import LorakitError
 
@@ -95,8 +95,8 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--margin",
         type=float,
-        default=0.6,
-        help="face crop: room around the face box, in box sides (default 0.6)",
+        default=FACE_MARGIN,
+        help="face crop: room around the face box, in box sides (default %(default)s)",
     )
     p.add_argument("--size", type=int, help="side of square/face crops in px (default: as cropped)")
     p.add_argument("--max-side", type=int, help="downscale so the long side fits")

@@ -44,15 +44,14 @@ def register(subparsers: Any) -> None:
 
 
 def _init_image(path: Path | None) -> Any:
+    """The start image, upright sRGB RGB as the dataset stage reads photos."""
     if path is None:
         return None
-    from PIL import Image
+    if not path.is_file():
+        raise LorakitError(f"cannot read --init-image {path}: no such file; check the path")
+    from lorakit.dataset.images import load_rgb
 
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as exc:
-        raise LorakitError(f"cannot read --init-image {path}: {exc}") from None
+    return load_rgb(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1 or not 0.0 < args.strength <= 1.0:
         raise LorakitError("--batch must be ≥ 1 and --strength in (0, 1]; e.g. --strength 0.6")
+    # Check every input before the model loads (that takes minutes); `generate` checks again.
     canonical_sampler_name(args.sampler)
     loras = [parse_lora_arg(arg) for arg in args.lora]
     parse_prompt(args.prompt, args.lora_dir)

@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lorakit.cli.common import arguments_for
 from lorakit.cli.generate import add_sampling_arguments
 from lorakit.errors import LorakitError
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write numbers like 0,0.4,0.8,1") from None
+def _comma_list(convert: Callable[[str], Any], example: str) -> Callable[[str], list[Any]]:
+    """An argparse `type` for comma-separated values (empty items skipped)."""
 
+    def parse(text: str) -> list[Any]:
+        try:
+            return [convert(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: write {example}") from None
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write epoch numbers like 4,6,8") from None
-
-
-def _values(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return parse
 
 
 def register(subparsers: Any) -> None:
@@ -41,11 +37,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", type=Path, help="base model (default: the run's base model)")
     parser.add_argument("--prompt", help="prompt (default: the run's trigger word)")
     parser.add_argument("--lora", action="append", default=[], type=Path, help="LoRA file column")
-    parser.add_argument("--epochs", type=_ints, help="only these epochs, e.g. 4,6,8")
     parser.add_argument(
-        "--weights", type=_floats, default=[0.0, 0.4, 0.6, 0.8, 1.0], help="rows, e.g. 0,0.5,1"
+        "--epochs",
+        type=_comma_list(int, "epoch numbers like 4,6,8"),
+        help="only these epochs, e.g. 4,6,8",
     )
-    parser.add_argument("--search-replace", type=_values, default=[], help='e.g. "red,blue,green"')
+    parser.add_argument(
+        "--weights",
+        type=_comma_list(float, "numbers like 0,0.4,0.8,1"),
+        default=[0.0, 0.4, 0.6, 0.8, 1.0],
+        help="rows, e.g. 0,0.5,1",
+    )
+    parser.add_argument(
+        "--search-replace",
+        type=_comma_list(str, "values like red,blue"),
+        default=[],
+        help='e.g. "red,blue,green"',
+    )
     parser.add_argument("--seed", type=int, help="seed for every cell (default: random)")
     parser.add_argument("--out", type=Path, help="grid PNG (default: RUN_DIR/grid.png)")
     parser.add_argument("--loss-only", action="store_true", help="only write loss.png")
@@ -83,20 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if not prompt or not model:
         raise LorakitError("the run names no trigger or base model; pass --prompt and --model")
     columns, x_title = _columns(args, summary)
-    spec = GridSpec(
-        prompt=prompt,
-        columns=columns,
-        x_title=x_title,
-        weights=args.weights,
-        search_replace=args.search_replace,
-        negative=args.negative,
-        seed=args.seed if args.seed is not None else random.randrange(2**32),
-        sampler=args.sampler,
-        steps=args.steps,
-        cfg=args.cfg,
-        width=args.width,
-        height=args.height,
-    )
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    chosen = {"prompt": prompt, "columns": columns, "x_title": x_title, "seed": seed}
+    spec = GridSpec(**(arguments_for(GridSpec, args) | chosen))
     out = args.out or (args.run_dir or Path(".")) / "grid.png"
     base = load_for_inference(model, args.device)
     print(make_grid(base, spec, out))

@@ -64,17 +64,17 @@ def _operation(args: argparse.Namespace) -> TagOperation:
 
 
 def _list(args: argparse.Namespace, console: Console) -> int:
-    from lorakit.captioning.edit import find_caption_files
     from lorakit.captioning.tags import tag_frequencies
     from lorakit.captioning.write import frequency_table, normalize_ext
-    from lorakit.dataset.scan import read_caption
+    from lorakit.dataset.scan import scan_dataset
 
-    found = find_caption_files(Path(args.dir), ext=args.ext)
     ext = normalize_ext(args.ext)
-    captions = [read_caption(path) for path in found.captions]
+    # The scan has read every caption already; count tags from its records.
+    records = scan_dataset(Path(args.dir), caption_ext=ext).records
+    captions = [r.caption for r in records if r.caption is not None]
     console.print(frequency_table(tag_frequencies(captions), len(captions), top=args.top))
-    if found.uncaptioned:
-        console.print(f"{len(found.uncaptioned)} images have no {ext} caption file")
+    if len(captions) < len(records):
+        console.print(f"{len(records) - len(captions)} images have no {ext} caption file")
     return 0
 
 

@@ -6,8 +6,12 @@ modules that use them (`lint`, `prep`), which re-export them.
 
 from __future__ import annotations
 
+from lorakit.families import NATIVE_SIDE
+
+__all__ = ["BLUR_THRESHOLD", "CROPS", "FACE_MARGIN", "NATIVE_SIDE"]
+
 # Variance of the Laplacian below which an image counts as blurry (see `lint`).
 BLUR_THRESHOLD = 60.0
-# The side each family was trained at; smaller images are upscaled by the trainer.
-NATIVE_SIDE = {"sd15": 512, "sdxl": 1024}
 CROPS = ("none", "square", "face")
+# Room around the face box in a face crop, in box sides (rule in `faces`).
+FACE_MARGIN = 0.6

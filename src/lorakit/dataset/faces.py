@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lorakit.dataset.choices import FACE_MARGIN
 from lorakit.dataset.face_detect import (
     FaceBox,
     FaceDetector,
@@ -49,7 +50,7 @@ __all__ = [
     "load_detector",
 ]
 
-DEFAULT_MARGIN = 0.6
+DEFAULT_MARGIN = FACE_MARGIN
 SHOULDERS = 0.2
 # A face box closer than this fraction of its side to the border has its cheeks, chin or
 # brow cut off (the Haar box itself stops short of the jaw and the hairline).
@@ -76,7 +77,7 @@ def crop_box_for(
     s = face.side
     ideal = s * (1 + 2 * margin + SHOULDERS)
     side = min(round(ideal), width, height)
-    cx = (face.left + face.right) / 2
+    cx = face.center[0]
     cy = face.top - margin * s + ideal / 2
     left = round(cx - side / 2)
     top = round(cy - side / 2)
@@ -108,7 +109,7 @@ def _look(path: Path, detector: FaceDetector) -> _Seen:
 
 def _look_all(paths: Sequence[Path], detector: FaceDetector | None) -> list[_Seen]:
     detector = detector or default_detector()
-    return [_look(Path(p), detector) for p in track(paths, "Finding faces", total=len(paths))]
+    return [_look(Path(p), detector) for p in track(paths, "Finding faces")]
 
 
 def find_mirrored(

@@ -71,11 +71,8 @@ def hamming(a: int, b: int) -> int:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _near(p1: int, d1: int, p2: int, d2: int) -> bool:

@@ -35,11 +35,9 @@ class ImageHeader:
     width: int
     height: int
     mode: str
-    format: str
     orientation: int
     bit_depth: int
     has_alpha: bool
-    has_icc: bool
 
 
 class ImageError(LorakitError):
@@ -120,11 +118,9 @@ def describe(image: Image.Image, path: Path) -> ImageHeader:
         width=image.width,
         height=image.height,
         mode=image.mode,
-        format=image.format or "",
         orientation=orientation,
         bit_depth=bit_depth,
         has_alpha=_has_alpha(image),
-        has_icc=bool(image.info.get("icc_profile")),
     )
 
 
@@ -158,15 +154,15 @@ def _to_srgb(image: Image.Image) -> Image.Image:
         return image
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any decoded image → RGB; transparency is flattened onto `background` (white, as
-    most cut-out product and character images are meant to be seen)."""
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded image → RGB; transparency is flattened onto white, as most cut-out
+    product and character images are meant to be seen."""
     if image.mode in _SIXTEEN_BIT_MODES:
         image = _sixteen_bit_to_8(image)
     image = _to_srgb(image)
     if _has_alpha(image):
         rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, background)
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return image.convert("RGB")

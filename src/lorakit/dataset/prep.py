@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from lorakit.dataset.captions import has_trigger
-from lorakit.dataset.choices import CROPS
+from lorakit.dataset.choices import CROPS, FACE_MARGIN
 from lorakit.dataset.images import load_rgb
 from lorakit.dataset.plan import repeats_for
 from lorakit.dataset.progress import track
@@ -40,7 +40,7 @@ class PrepOptions:
     class_name: str
     repeats: int | None = None
     crop: str = "none"
-    margin: float = 0.6
+    margin: float = FACE_MARGIN
     size: int | None = None
     max_side: int | None = None
     upscale: bool = False
@@ -103,15 +103,14 @@ def _centre_square(image: Image.Image) -> Image.Image:
 def _face_crop(
     image: Image.Image, margin: float, detector: FaceDetector
 ) -> tuple[Image.Image, bool]:
-    """Crop around the face (clamped to the image), squared; (centre crop, False) if none."""
+    """The square crop around the face (`face_crop_box` keeps it inside the image);
+    (centre crop, False) if there is no face."""
     from lorakit.dataset.faces import face_crop_box
 
     box = face_crop_box(image, margin, detector)
     if box is None:
         return _centre_square(image), False
-    left, top, right, bottom = box
-    clamped = (max(0, left), max(0, top), min(image.width, right), min(image.height, bottom))
-    return _centre_square(image.crop(clamped)), True
+    return image.crop(box), True
 
 
 def _resize(image: Image.Image, limit: int | None, upscale: bool) -> Image.Image:
@@ -140,7 +139,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
 
 def _caption_for(record: ImageRecord, options: PrepOptions) -> tuple[str, str]:
     """(caption, how): carried over, created as 'trigger, class', or trigger prepended."""
-    if record.caption is None or not record.caption:
+    if not record.caption:
         return f"{options.trigger}, {options.class_name}", "created"
     if has_trigger(record.caption, options.trigger):
         return record.caption, "kept"

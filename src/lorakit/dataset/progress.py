@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from rich.console import Console
@@ -11,13 +11,13 @@ from rich.progress import track as rich_track
 T = TypeVar("T")
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a transient rich bar on stderr; silent when stderr is not a terminal."""
+def track(items: Sequence[T], description: str) -> Iterator[T]:
+    """Iterate with a transient rich bar on stderr; silent when stderr is not a terminal.
+    A sequence, so the bar knows its length."""
     console = Console(stderr=True)
     yield from rich_track(
         items,
         description=description,
-        total=total,
         console=console,
         transient=True,
         disable=not console.is_terminal,

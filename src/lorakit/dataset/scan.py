@@ -67,14 +67,22 @@ def read_caption(path: Path) -> str:
         ) from exc
 
 
-def _parse_kohya_name(folder: Path) -> tuple[int, str]:
+def _kohya_name(folder: Path) -> tuple[int, str] | None:
+    """(repeats, subset) of an `N_name` folder with N ≥ 1, else None."""
     match = _KOHYA_FOLDER.match(folder.name)
     if match is None or int(match.group(1)) < 1:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def _parse_kohya_name(folder: Path) -> tuple[int, str]:
+    parsed = _kohya_name(folder)
+    if parsed is None:
         raise LorakitError(
             f"{folder}: folder name must start with a repeat count, e.g. "
             f"'10_{folder.name}'; rename it to N_name with N ≥ 1"
         )
-    return int(match.group(1)), match.group(2)
+    return parsed
 
 
 def _scan_folder(
@@ -145,9 +153,9 @@ def scan_dataset(root: Path, caption_ext: str = ".txt") -> DatasetScan:
             sub_records, sub_others = _scan_folder(sub, repeats, subset, caption_ext)
             records += sub_records
             others += sub_others
-    elif _KOHYA_FOLDER.match(base.name) and int(base.name.split("_", 1)[0]) >= 1:
+    elif (own := _kohya_name(base)) is not None:
         layout = "kohya"
-        repeats, subset = _parse_kohya_name(base)
+        repeats, subset = own
         records, others = _scan_folder(base, repeats, subset, caption_ext)
     else:
         layout = "flat"

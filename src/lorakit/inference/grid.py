@@ -179,8 +179,7 @@ def settings_caption(base: BaseModel, spec: GridSpec) -> str:
     return " · ".join(parts)
 
 
-def _grid_info(base: BaseModel, spec: GridSpec) -> GenerationInfo:
-    axes = grid_axes(spec)
+def _grid_info(base: BaseModel, spec: GridSpec, axes: Axes) -> GenerationInfo:
     z_axis = {"Z": "S/R: " + ", ".join(spec.search_replace)} if spec.search_replace else {}
     x_values = ", ".join(column.label for column in spec.columns)
     extra = {
@@ -206,4 +205,4 @@ def make_grid(base: BaseModel, spec: GridSpec, out_path: Path) -> Path:
             blocks.append(compose_block(cells, axes, title))
     cell_height = resolve_size(base, spec.width, spec.height)[1]
     grid = stack_blocks(blocks, settings_caption(base, spec), cell_height)
-    return save_png(grid, out_path, _grid_info(base, spec))
+    return save_png(grid, out_path, _grid_info(base, spec, axes))

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_path
+from lorakit.models import file_hashes
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -187,8 +188,16 @@ def lora_short_hash(path: Path) -> str:
     the "addnet" hash (sha256 of the tensor data after the header); matching it lets
     CivitAI and A1111 link lorakit's images to the same files.
     """
-    with safe_open(path, framework="pt") as handle:
-        stored = (handle.metadata() or {}).get("sshs_model_hash")
+    if path.suffix.lower() != ".safetensors":
+        # A1111 hashes other formats (.pt/.ckpt LoRAs) whole.
+        return file_hashes(path)["sha256"][:12]
+    try:
+        with safe_open(path, framework="pt") as handle:
+            stored = (handle.metadata() or {}).get("sshs_model_hash")
+    except (SafetensorError, OSError) as exc:
+        raise LorakitError(
+            f"{path}: not a readable safetensors file ({exc}); re-download or re-save it"
+        ) from None
     if stored:
         return stored[:12]
     digest = hashlib.sha256()

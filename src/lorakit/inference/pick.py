@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from lorakit.dataset.images import load_rgb
 from lorakit.inference.run import SampleImage, load_summary, sample_images, write_summary
 from lorakit.training.checkpoint import best_epoch
 
@@ -106,11 +106,10 @@ def _last_per_epoch(samples: list[SampleImage]) -> dict[int, dict[int, Path]]:
 
 
 def _pixels(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-        if size is not None and rgb.size != size:
-            rgb = rgb.resize(size)
-        return np.asarray(rgb, dtype=np.float32)
+    rgb = load_rgb(path)
+    if size is not None and rgb.size != size:
+        rgb = rgb.resize(size)
+    return np.asarray(rgb, dtype=np.float32)
 
 
 def image_difference(a: Path, b: Path) -> float:

@@ -26,10 +26,6 @@ class EpochFile:
     epoch: int
     path: Path
 
-    @property
-    def label(self) -> str:
-        return f"epoch {self.epoch}"
-
 
 @dataclass(frozen=True)
 class SampleImage:

@@ -10,7 +10,7 @@ hands img2img its init image as latents, and does both VAE passes here with auto
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,9 +22,7 @@ from lorakit.models import BaseModel
 @contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """No autocast and no autograd: the VAE runs in its parameters' dtype."""
-    with ExitStack() as stack:
-        stack.enter_context(torch.autocast(device.type, enabled=False))
-        stack.enter_context(torch.no_grad())
+    with torch.autocast(device.type, enabled=False), torch.no_grad():
         yield
 
 

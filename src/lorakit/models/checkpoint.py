@@ -42,7 +42,7 @@ def check_checkpoint_path(path: Path) -> None:
 
 def _safetensors_error(path: Path, exc: Exception) -> LorakitError:
     return LorakitError(
-        f"{path}: not a readable safetensors file ({_brief(exc)}); the file is truncated, corrupt "
+        f"{path}: not a readable safetensors file ({brief(exc)}); the file is truncated, corrupt "
         "or not a checkpoint: download it again"
     )
 
@@ -70,7 +70,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _read_pickle_checkpoint(path)
 
 
-def _brief(exc: Exception) -> str:
+def brief(exc: Exception) -> str:
     """The first line of an exception message, short enough for a one-line error."""
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     return lines[0][:120]
@@ -95,7 +95,7 @@ def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
         raise LorakitError(
-            f"{path}: not a readable PyTorch checkpoint ({_brief(exc)}); the file is truncated, "
+            f"{path}: not a readable PyTorch checkpoint ({brief(exc)}); the file is truncated, "
             "corrupt or not a checkpoint: download it again"
         ) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):

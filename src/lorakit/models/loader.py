@@ -27,7 +27,7 @@ from rich.progress import Progress
 
 from lorakit.errors import LorakitError
 from lorakit.models.base import BaseModel, ModelFamily
-from lorakit.models.checkpoint import read_state_dict
+from lorakit.models.checkpoint import brief, read_state_dict
 from lorakit.models.components import (
     TEXT_ENCODERS,
     assemble_base_model,
@@ -107,9 +107,8 @@ def _from_folder(cls: type, folder: Path, subfolder: str, **kwargs: object) -> t
             folder, subfolder=subfolder, variant=_variant(part), local_files_only=True, **kwargs
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise LorakitError(
-            f"{part}: cannot load {cls.__name__} ({lines[0][:120]}); the model folder is "
+            f"{part}: cannot load {cls.__name__} ({brief(exc)}); the model folder is "
             "incomplete or damaged: download it again"
         ) from None
 

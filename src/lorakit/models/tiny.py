@@ -23,11 +23,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from lorakit.models.configs import CONFIG_ROOT
-
-TOKENIZER_DIR = CONFIG_ROOT / "clip_tokenizer"
+from lorakit.families import ModelFamily
+from lorakit.models.components import bundled_config_dir, load_tokenizers
 
 
 def _text_config(hidden: int, projection: int) -> CLIPTextConfig:
@@ -77,8 +76,10 @@ def tiny_sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         norm_num_groups=8,
     )
     text_encoder = CLIPTextModel(_text_config(32, 32))
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    scheduler = PNDMScheduler.from_pretrained(CONFIG_ROOT / "sd15", subfolder="scheduler")
+    (tokenizer,) = load_tokenizers(ModelFamily.SD15)
+    scheduler = PNDMScheduler.from_pretrained(
+        bundled_config_dir(ModelFamily.SD15), subfolder="scheduler"
+    )
     return StableDiffusionPipeline(
         vae=tiny_vae(),
         text_encoder=text_encoder,
@@ -114,9 +115,10 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     text_encoder = CLIPTextModel(_text_config(te1, te1))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(te2, te2))
-    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
-    tokenizer_2 = CLIPTokenizer.from_pretrained(TOKENIZER_DIR, pad_token="!")
-    scheduler = EulerDiscreteScheduler.from_pretrained(CONFIG_ROOT / "sdxl", subfolder="scheduler")
+    tokenizer, tokenizer_2 = load_tokenizers(ModelFamily.SDXL)
+    scheduler = EulerDiscreteScheduler.from_pretrained(
+        bundled_config_dir(ModelFamily.SDXL), subfolder="scheduler"
+    )
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
         text_encoder=text_encoder,

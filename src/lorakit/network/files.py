@@ -7,7 +7,6 @@ does) so A1111's additional-networks index and model sites recognise the file.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ class ModuleDims:
     rank: int
     alpha: float
     is_conv: bool  # a k×k conv (LoCon); 1×1 convs count as linear, as in sd-scripts
-    is_4d: bool
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -88,9 +86,8 @@ def module_dims(state: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict
     dims = {}
     for name, down in downs.items():
         rank = int(down.shape[0])
-        is_4d = down.dim() == 4
-        is_conv = is_4d and tuple(down.shape[2:]) != (1, 1)
-        dims[name] = ModuleDims(rank, alphas.get(name, float(rank)), is_conv, is_4d)
+        is_conv = down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+        dims[name] = ModuleDims(rank, alphas.get(name, float(rank)), is_conv)
     return dims
 
 
@@ -107,9 +104,7 @@ def safetensors_hashes(
     data = safetensors_bytes(dict(state), ss_only)
     header_size = int.from_bytes(data[:8], "little")
     model_hash = hashlib.sha256(data[8 + header_size :]).hexdigest()
-    buffer = io.BytesIO(data)
-    buffer.seek(0x100000)
-    legacy_hash = hashlib.sha256(buffer.read(0x10000)).hexdigest()[:8]
+    legacy_hash = hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
     return model_hash, legacy_hash
 
 

@@ -56,8 +56,6 @@ CLIP_LAYER_PARTS = (
     "mlp.fc1",
     "mlp.fc2",
 )
-# The prefix all three UIs accept for each text encoder of a family.
-TEXT_PREFIXES = {ModelFamily.SD15: ("lora_te",), ModelFamily.SDXL: ("lora_te1", "lora_te2")}
 # A1111's SD1 renumbering of diffusers UNet paths (`convert_diffusers_name_to_compvis`).
 _A1111_TOP = {
     "conv_in": "input_blocks.0.0",
@@ -120,15 +118,14 @@ def _unet_names(base: BaseModel) -> dict[str, Site]:
 
 
 def _text_names(base: BaseModel) -> dict[str, Site]:
-    """`<prefix>_text_model_encoder_layers_<n>_<part>` for the six CLIP layers both UIs map."""
+    """`<prefix>_text_model_encoder_layers_<n>_<part>` (the sites' own sd-scripts names,
+    prefix `lora_te` or `lora_te1`/`lora_te2`) for the six CLIP layers both UIs map."""
     names: dict[str, Site] = {}
     wanted = {f".{part}" for part in CLIP_LAYER_PARTS}
     for site in text_sites(base.text_encoders):
         path = site.path.removeprefix("text_model.")
-        if not (path.startswith("encoder.layers.") and any(path.endswith(w) for w in wanted)):
-            continue
-        prefix = TEXT_PREFIXES[base.family][0 if site.part == "text_encoder" else 1]
-        names[kohya_name(prefix, f"text_model.{path}")] = site
+        if path.startswith("encoder.layers.") and any(path.endswith(w) for w in wanted):
+            names[site.name] = site
     return names
 
 

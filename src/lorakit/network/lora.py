@@ -29,7 +29,14 @@ from lorakit.network.files import (
 )
 from lorakit.network.metadata import lora_metadata
 from lorakit.network.modules import LoRAModule
-from lorakit.network.naming import UNET_PART, Site, site_index, text_sites, unet_sites
+from lorakit.network.naming import (
+    TEXT_PARTS,
+    UNET_PART,
+    Site,
+    site_index,
+    text_sites,
+    unet_sites,
+)
 
 
 def network_sites(
@@ -162,8 +169,7 @@ class LoRANetwork(nn.Module):
             if part == UNET_PART:
                 lr = unet_lr
             else:
-                te_index = 0 if part == "text_encoder" else 1
-                lr = text_lrs[min(te_index, len(text_lrs) - 1)]
+                lr = text_lrs[min(TEXT_PARTS.index(part), len(text_lrs) - 1)]
             params = [
                 p for m in self.part_modules(part) for p in (m.lora_down.weight, m.lora_up.weight)
             ]
@@ -261,7 +267,6 @@ def _load_module(module: LoRAModule, tensors: Mapping[str, torch.Tensor]) -> Non
             target.weight.copy_(value)
     if ".alpha" in tensors:
         module.alpha_value = float(tensors[".alpha"].float().reshape(-1)[0])
-        module.scale = module.alpha_value / module.rank
 
 
 def config_from_dims(dims: Mapping[str, ModuleDims]) -> LoRAConfig:

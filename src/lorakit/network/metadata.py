@@ -38,8 +38,16 @@ DEFAULT_RESOLUTION = {ModelFamily.SD15: 512, ModelFamily.SDXL: 1024}
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v", "v": "v"}
 MODELSPEC_VERSION = "1.0.1"
 # Optional modelspec fields a caller may pass as keyword arguments (no `ss_` twin).
-MODELSPEC_FIELDS = ("title", "author", "description", "license", "tags", "usage_hint")
-MODELSPEC_FIELDS += ("trigger_phrase", "thumbnail")
+MODELSPEC_FIELDS = (
+    "title",
+    "author",
+    "description",
+    "license",
+    "tags",
+    "usage_hint",
+    "trigger_phrase",
+    "thumbnail",
+)
 
 
 def _is_counts(value: object, keys: tuple[str, ...] | None = None) -> bool:

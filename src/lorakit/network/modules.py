@@ -50,7 +50,6 @@ class LoRAModule(nn.Module):
         self.base = base
         self.rank = int(rank)
         self.alpha_value = float(alpha) if alpha else float(rank)
-        self.scale = self.alpha_value / self.rank
         self.multiplier = float(multiplier)
         self.lora_down, self.lora_up = _make_pair(layer, self.rank)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -62,8 +61,9 @@ class LoRAModule(nn.Module):
         nn.init.zeros_(self.lora_up.weight)
 
     @property
-    def is_conv(self) -> bool:
-        return isinstance(self.lora_down, nn.Conv2d)
+    def scale(self) -> float:
+        """alpha / rank: derived, so loading a file's alpha is all it takes to rescale."""
+        return self.alpha_value / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -75,15 +75,6 @@ class LoRAModule(nn.Module):
             x = x.to(dtype)
         lora = self.lora_up(self.dropout(self.lora_down(x)))
         return out.add(lora.to(out.dtype), alpha=self.multiplier * self.scale)
-
-    def delta_weight(self) -> torch.Tensor:
-        """scale · up @ down as a weight of the base layer's shape (for merging/inspection)."""
-        down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
-        if down.dim() == 2:
-            delta = up @ down
-        else:
-            delta = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
-        return delta * self.scale
 
     def extra_repr(self) -> str:
         return f"name={self.name}, rank={self.rank}, alpha={self.alpha_value:g}"

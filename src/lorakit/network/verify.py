@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from lorakit.models import BaseModel, ModelFamily, empty_base_model
+from lorakit.models.checkpoint import brief
 from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, split_key
@@ -101,13 +102,13 @@ def _applied(pipe: object, site: Site | None) -> bool:
 
 
 def diffusers_ignored(
-    state: Mapping[str, torch.Tensor], base: BaseModel, sites: Sequence[Site]
+    state: Mapping[str, torch.Tensor], base: BaseModel
 ) -> tuple[list[str], list[str]]:
     """(module names diffusers did not apply, its error/warning lines) for a kohya `state`.
 
     The adapter is unloaded afterwards, so `base` is left as it was.
     """
-    index = site_index(sites)
+    index = site_index(all_sites(base))
     names = sorted({split_key(key)[0] for key in state})
     pipe = base.pipeline()
     with _quiet_libraries() as collect:
@@ -115,7 +116,7 @@ def diffusers_ignored(
             pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
             missing = [name for name in names if not _applied(pipe, index.get(name))]
         except Exception as exc:
-            return names, [f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"]
+            return names, [f"{type(exc).__name__}: {brief(exc)}"]
         finally:
             with contextlib.suppress(Exception):
                 pipe.unload_lora_weights()
@@ -144,7 +145,5 @@ def verify_lora(
         label, names = str(base.source), accepted_names(base)
     report = VerifyReport(path, family, label, len({split_key(k)[0] for k in state}))
     report.keymap_ignored = keymap_ignored(state, names)
-    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(
-        state, base, all_sites(base)
-    )
+    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(state, base)
     return report

@@ -39,8 +39,6 @@ SchedulerName = Literal[
 Precision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["fp32", "fp16", "bf16"]
 
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
-
 
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, assignments are validated."""

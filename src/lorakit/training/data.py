@@ -9,18 +9,21 @@ uninterrupted run would, whichever process or worker loads them.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, UnidentifiedImageError
+from PIL import Image, ImageEnhance
 
 from lorakit.dataset.buckets import Bucket, ResizeCrop, assign_bucket, make_buckets, resize_crop_for
+from lorakit.dataset.images import describe, load_rgb, open_image
 from lorakit.dataset.scan import ImageRecord, scan_dataset
-from lorakit.errors import LorakitError
 from lorakit.training.config import TrainConfig
+
+# EXIF orientations 5–8 turn the image by 90°: its upright width is the stored height.
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,12 @@ class Items:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LorakitError(f"{path}: cannot read the image ({exc}); fix or remove it") from None
+    """The size `load_rgb` returns (EXIF-upright), read from the header alone."""
+    with open_image(path) as image:
+        header = describe(image, path)
+    if header.orientation in _TRANSPOSING_ORIENTATIONS:
+        return header.height, header.width
+    return header.width, header.height
 
 
 def _caption_for(record: ImageRecord, trigger: str) -> str:
@@ -146,8 +150,7 @@ def _color_jitter(image: Image.Image, seed: int) -> Image.Image:
 
 def load_pixels(item: TrainItem, flip: bool, color_seed: int | None = None) -> torch.Tensor:
     """The item's image resized and centre-cropped to its bucket, as a [-1, 1] CHW tensor."""
-    with Image.open(item.path) as raw:
-        image = raw.convert("RGB")
+    image = load_rgb(item.path)
     c = item.crop
     image = image.resize((c.resized_width, c.resized_height), Image.Resampling.LANCZOS)
     image = image.crop((c.left, c.top, c.left + item.bucket.width, c.top + item.bucket.height))
@@ -187,7 +190,6 @@ class BucketBatchSampler:
         self.flip = config.dataset.flip_aug
         self.seed = config.training.seed
         self.rank, self.world = rank, world
-        self.epoch = 1
 
     def _draws(self, rng: random.Random) -> list[int]:
         draws = [
@@ -213,12 +215,6 @@ class BucketBatchSampler:
         rng.shuffle(batches)
         batches += batches[: -len(batches) % self.world]
         return batches[self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return len(self.epoch_batches(self.epoch))
-
-    def __iter__(self) -> Iterator[list[SampleKey]]:
-        return iter(self.epoch_batches(self.epoch))
 
 
 def loss_weights(items: Sequence[TrainItem], prior_loss_weight: float) -> torch.Tensor:

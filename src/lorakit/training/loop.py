@@ -114,7 +114,7 @@ class Trainer:
         keys = [(i, flip) for i in range(len(self.latents.items)) for flip in self._flips()]
         self.latents.fill(keys, self.monitor.progress if self.monitor else None)
         if config.validation.enabled and self.items.validation:
-            indices = validation_indices(self.items)
+            indices = validation_indices(self.items, self.latents.items)
             self.validator = Validator(
                 self.items.validation,
                 [self.latents.get((i, False)) for i in indices],

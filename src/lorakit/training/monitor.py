@@ -96,12 +96,12 @@ class Monitor:
         self.progress.update(
             self.task, loss=f"{average:.4f}", speed=f"{speed:.2f}" if speed else "-"
         )
-        self.scalar("loss/current", current, step)
-        self.scalar("loss/average", average, step)
-        for name, value in lrs.items():
-            self.scalar(f"lr/{name}", value, step)
+        lr_values = {f"lr/{name}": value for name, value in lrs.items()}
+        self.scalars({"loss/current": current, "loss/average": average, **lr_values}, step)
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Write `values` at `step` and flush once, so TensorBoard shows them at once."""
         if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
             self.writer.flush()

@@ -33,6 +33,7 @@ class Objective:
         self.prediction = prediction
         self.noise_offset = noise_offset
         self.min_snr_gamma = min_snr_gamma
+        self.snr_weight_table = self._snr_weight_table()
 
     def sample_noise(
         self, latents: torch.Tensor, generator: torch.Generator | None = None
@@ -64,13 +65,19 @@ class Objective:
             self._coef(self.sqrt_acp, t) * noise - self._coef(self.sqrt_one_minus_acp, t) * latents
         )
 
-    def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Min-SNR-γ (Hang et al. 2023): down-weight easy low-noise steps; 1 when off."""
+    def _snr_weight_table(self) -> torch.Tensor:
+        """Min-SNR-γ (Hang et al. 2023) per timestep, computed once: down-weight easy
+        low-noise steps; 1 when off."""
         if self.min_snr_gamma is None:
-            return torch.ones_like(t, dtype=torch.float32)
-        snr = self.snr[t]
-        clipped = snr.clamp(max=self.min_snr_gamma)
-        return clipped / (snr + 1.0) if self.prediction == "v_prediction" else clipped / snr
+            return torch.ones_like(self.snr)
+        clipped = self.snr.clamp(max=self.min_snr_gamma)
+        return (
+            clipped / (self.snr + 1.0) if self.prediction == "v_prediction" else clipped / self.snr
+        )
+
+    def snr_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """The min-SNR-γ loss weight of each timestep in `t`."""
+        return self.snr_weight_table[t]
 
     def loss(
         self,

@@ -222,9 +222,10 @@ class Outputs:
             self.save_lora(ckpt.epoch_file(self.out, self.name, epoch), progress)
             self._prune()
         if monitor is not None:
-            monitor.scalar("loss/epoch", train_loss, epoch)
+            scalars = {"loss/epoch": train_loss}
             if val_loss is not None:
-                monitor.scalar("loss/validation", val_loss, epoch)
+                scalars["loss/validation"] = val_loss
+            monitor.scalars(scalars, epoch)
             monitor.print(
                 f"epoch {epoch}: train loss {train_loss:.4f}"
                 + (f", validation loss {val_loss:.4f}" if val_loss is not None else "")

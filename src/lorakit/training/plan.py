@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lorakit.families import NATIVE_SIDE
 from lorakit.models.family import detect_family
-from lorakit.training.config import NATIVE_RESOLUTION, TrainConfig
+from lorakit.training.config import TrainConfig
 from lorakit.training.data import BucketBatchSampler, Items, build_items
 
 
@@ -19,7 +20,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     """Fill what follows from the base model: its family and its native resolution."""
     model = config.model
     family = model.family or detect_family(model.path).value
-    resolution = config.dataset.resolution or NATIVE_RESOLUTION[family]
+    resolution = config.dataset.resolution or NATIVE_SIDE[family]
     return config.model_copy(
         update={
             "model": model.model_copy(update={"family": family}),

@@ -37,7 +37,8 @@ from lorakit.dataset.plan import (
 )
 from lorakit.dataset.scan import DatasetScan
 from lorakit.errors import LorakitError
-from lorakit.training.config import NATIVE_RESOLUTION, TrainConfig
+from lorakit.families import NATIVE_SIDE
+from lorakit.training.config import TrainConfig
 
 STEPS_PER_IMAGE = 100
 EPOCH_RANGE = (5, 10)
@@ -258,7 +259,7 @@ def apply_preset(
     _learning_rates(choices, rule, image_count, family)
     choices.choose(
         "dataset.resolution",
-        NATIVE_RESOLUTION[family],
+        NATIVE_SIDE[family],
         f"native size of {family} (guide 003: match your base model, 512 or 1024)",
     )
     return choices.build(), choices.reasons

@@ -8,6 +8,7 @@ SDXL's VAE cannot overflow to NaN while caching latents.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
 from lorakit.training.caching import LatentCache, TextCache, text_encoder
 from lorakit.training.config import TrainConfig
-from lorakit.training.data import Items
+from lorakit.training.data import Items, TrainItem
 from lorakit.training.optim import make_optimizer, make_scheduler
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -127,15 +128,9 @@ def latent_source(config: TrainConfig, base: BaseModel, items: Items, out: Path)
     return LatentCache(base, [*items.all, *extra], mode, out / "cache" / "latents")
 
 
-def validation_indices(items: Items) -> list[int]:
-    """Index in `latent_source`'s list of each validation item."""
-    indices, extra = [], len(items.all)
-    for item in items.validation:
-        found = next((i for i, other in enumerate(items.all) if other is item), None)
-        if found is None:
-            found, extra = extra, extra + 1
-        indices.append(found)
-    return indices
+def validation_indices(items: Items, cached: Sequence[TrainItem]) -> list[int]:
+    """Index in `cached` (a `LatentCache`'s items) of each validation item."""
+    return [next(i for i, other in enumerate(cached) if other is item) for item in items.validation]
 
 
 def text_cache(

@@ -43,7 +43,14 @@ def assemble(
     captions = [process_caption(items[k.index].caption, k.seed, config) for k in keys]
     weights = loss_weights(chosen, config.dataset.prior_loss_weight)
     flips = [k.flip for k in keys]
-    return Batch(stacked.to(device), captions, weights.to(device), chosen, flips)
+    # non_blocking: a blocking host→device copy waits for the GPU to finish the last step.
+    return Batch(
+        stacked.to(device, non_blocking=True),
+        captions,
+        weights.to(device, non_blocking=True),
+        chosen,
+        flips,
+    )
 
 
 class Stepper:
@@ -82,7 +89,7 @@ class Stepper:
         if self.base.is_sdxl:
             flipped = flips if flips is not None else [False] * len(items)
             ids = torch.stack([time_ids(it, f) for it, f in zip(items, flipped, strict=True)])
-            added = {"text_embeds": pooled, "time_ids": ids.to(self.device)}
+            added = {"text_embeds": pooled, "time_ids": ids.to(self.device, non_blocking=True)}
         out = unet(
             noisy.to(unet.dtype),
             t,

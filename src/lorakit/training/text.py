@@ -23,7 +23,7 @@ def tokenize(base: BaseModel, captions: Sequence[str], device: torch.device) -> 
             max_length=tok.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(device)
+        ).input_ids.to(device, non_blocking=True)
         for tok in base.tokenizers
     ]
 
