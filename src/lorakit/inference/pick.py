@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from lorakit.dataset.images import load_rgb
-from lorakit.inference.run import SampleImage, load_summary, sample_images, write_summary
-from lorakit.training.checkpoint import best_epoch
+from lorakit.inference.run import SampleImage, load_summary, sample_images
+from lorakit.training.checkpoint import best_epoch, write_summary
 
 RISE = 0.02  # relative rise of validation loss above its minimum that counts as overfitting
 STILL_FALLING = 0.01  # relative drop over the last epoch that counts as "still improving"
@@ -140,9 +140,12 @@ def still_from(changes: list[SampleChange], threshold: float = STILL_SAMPLES) ->
     return start
 
 
-def analyse(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport:
-    """All signals for the run in `run_dir`, without writing anything."""
-    summary = load_summary(run_dir)
+def analyse(
+    run_dir: Path, still_threshold: float = STILL_SAMPLES, summary: dict[str, Any] | None = None
+) -> PickReport:
+    """All signals for the run in `run_dir` (its summary read unless given), writing nothing."""
+    if summary is None:
+        summary = load_summary(run_dir)
     epochs = sorted(summary["epochs"], key=lambda e: e["epoch"])
     best = best_epoch(epochs)
     report = PickReport(best, _entry(epochs, best).get("file"), _metric(epochs))
@@ -171,8 +174,8 @@ def analyse(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport
 
 def pick(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport:
     """Analyse the run and store the report in its summary.json under "pick" (atomic)."""
-    report = analyse(run_dir, still_threshold)
     summary = load_summary(run_dir)
+    report = analyse(run_dir, still_threshold, summary)
     summary["pick"] = asdict(report)
     write_summary(run_dir, summary)
     return report

@@ -6,14 +6,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError
-from lorakit.fileio import atomic_write_text
 from lorakit.training.checkpoint import SUMMARY, read_summary
 
 _SAMPLE = re.compile(r"^(?P<name>.+)_e(?P<epoch>\d{6})_s(?P<step>\d{6})_(?P<index>\d{2})\.png$")
@@ -49,12 +47,6 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
             "`lorakit train` after at least one epoch"
         )
     return summary
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    path = Path(run_dir) / SUMMARY
-    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
-    return path
 
 
 def epoch_files(run_dir: Path, summary: dict[str, Any]) -> list[EpochFile]:

@@ -141,8 +141,15 @@ def record_epoch(out: Path, header: dict[str, Any], entry: dict[str, Any]) -> di
     epochs.sort(key=lambda e: e["epoch"])
     summary["epochs"] = epochs
     summary["best_epoch"] = best_epoch(epochs)
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_summary(out, summary)
     return summary
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> Path:
+    """Write `summary.json` atomically; the trainer and `lorakit pick` both go through here."""
+    path = Path(out) / SUMMARY
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 def best_epoch(epochs: list[dict[str, Any]]) -> int | None:
