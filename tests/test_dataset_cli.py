@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from safetensors.torch import load_file
 
 from lorakit.cli.main import main
-from lorakit.demo import draw_photo
-from lorakit.demo import main as demo_main
+from tests.helpers.photos import draw_photo
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -233,29 +231,3 @@ def test_prep_square_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
         assert image.size == (320, 320)
     code, _, err = _run(capsys, *argv, "--square", "--crop", "face")
     _assert_one_line_error(code, err)
-
-
-def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """The whole demo at its smallest: photos → … → train → grid → pick → generate."""
-    argv = ["--out", str(tmp_path), "--epochs", "2", "--repeats", "1", "--sample-steps", "2"]
-    assert demo_main(argv) == 0
-    out = capsys.readouterr().out
-    assert "would exit with status 1" in out and "RANDOM-weight stand-in" in out
-    subsets = list((tmp_path / "run" / "img").iterdir())
-    assert len(subsets) == 1 and subsets[0].name.endswith("_sks person")
-    captions = sorted(subsets[0].glob("*.txt"))
-    assert len(captions) == len(list(subsets[0].glob("*.png"))) > 10
-    assert all(c.read_text(encoding="utf-8").startswith("sks") for c in captions)
-    lora = tmp_path / "lora"
-    weights = load_file(lora / "demo.safetensors")
-    assert any(key.startswith("lora_unet_") for key in weights)
-    summary = json.loads((lora / "summary.json").read_text(encoding="utf-8"))
-    assert summary["best_epoch"] in {1, 2} and summary["trigger"] == "sks"
-    generated = sorted((tmp_path / "generated").glob("*.png"))
-    assert len(generated) == 1
-    for picture in (lora / "grid.png", lora / "loss.png", generated[0]):
-        with Image.open(picture) as image:
-            image.load()
-        assert str(picture.resolve()) in out
-    with Image.open(generated[0]) as image:
-        assert "<lora:demo:0.8>" in image.text["parameters"]

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from lorakit.dataset.captions import clip_token_count
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.lint import _count_finding, has_errors, lint_dataset
-from lorakit.demo import draw_photo
+from tests.helpers.photos import draw_photo
 
 CLEAN_IMAGES = 12
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lorakit.dataset.prep import prep_dataset
 from lorakit.dataset.scan import scan_dataset
-from lorakit.demo import draw_photo
 from lorakit.errors import LorakitError
+from tests.helpers.photos import draw_photo
 
 
 def _tree(root: Path) -> dict[str, tuple[str, int]]:

@@ -20,7 +20,7 @@ def _count(module: torch.nn.Module) -> int:
 
 @pytest.fixture(scope="module")
 def empty_models() -> dict[ModelFamily, object]:
-    return {family: empty_base_model(family) for family in ModelFamily}
+    return {family: empty_base_model(family) for family in (ModelFamily.SD15, ModelFamily.SDXL)}
 
 
 def test_full_configs_have_real_parameter_counts(empty_models: dict) -> None:

@@ -183,7 +183,7 @@ def test_tiny_file_against_full_size_config_names_the_fix(
 
 def test_family_option_must_match_the_file(ldm_files: dict[ModelFamily, Path]) -> None:
     path = ldm_files[ModelFamily.SD15]
-    with pytest.raises(LorakitError, match="is an sd15 model, not sdxl") as caught:
+    with pytest.raises(LorakitError, match="family sd15, not sdxl") as caught:
         load_base_model(path, family="sdxl")
     assert str(path) in str(caught.value)
     with pytest.raises(LorakitError, match="unknown model family 'sd3'"):

@@ -63,7 +63,7 @@ SDXL_CONV_NAMES = {
 
 @pytest.fixture(scope="module")
 def bases() -> dict[ModelFamily, BaseModel]:
-    return {family: empty_base_model(family) for family in ModelFamily}
+    return {family: empty_base_model(family) for family in (ModelFamily.SD15, ModelFamily.SDXL)}
 
 
 def _names(base: BaseModel, conv: bool = False) -> tuple[list[str], list[str]]:
@@ -238,7 +238,7 @@ def _comfyui_names(base: BaseModel, family: ModelFamily) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("family", list(ModelFamily))
+@pytest.mark.parametrize("family", [ModelFamily.SD15, ModelFamily.SDXL])
 def test_every_name_lorakit_writes_is_one_comfyui_and_a1111_map(
     bases: dict, family: ModelFamily
 ) -> None:

@@ -1,13 +1,14 @@
 """`python -m lorakit.demo` (what `make demo` runs): the whole job, step by step.
 
-It draws a folder of sample "photos" of one character (no downloads), with a few of the
+It draws a folder of sample "photos" of one subject (no downloads), with a few of the
 problems real folders have, then runs the commands a user would: lint → curate → prep →
 plan → train → grid → pick → generate. Every command goes through the same entry point
 as `lorakit` on the command line, so the demo shows (and tests) the real thing.
 
-The base model is a tiny SD1.5-layout model with RANDOM weights, written on the spot: a
-pretrained tiny model small enough to ship does not exist yet. Training, the LoRA files,
-the grid and the PNG metadata are all real; the pictures are noise, and the output says so.
+The base model is lorakit's pretrained tiny model (family `tiny`, 64 px, shipped in the
+package), which has never seen the subject; the attribute classifier then scores every
+epoch: does the trigger show the subject (fidelity), do other words still work
+(flexibility), and do prompts without the trigger stay clean (bleed)?
 """
 
 from __future__ import annotations
@@ -27,22 +28,18 @@ from lorakit.cli.main import main as lorakit
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.lint import has_errors, lint_dataset
 from lorakit.dataset.scan import is_image_file
-from lorakit.demo_photos import CLASS, TRIGGER, draw_photo, write_sample_photos
+from lorakit.demo_photos import CLASS, TRIGGER, write_sample_photos
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
+from lorakit.models.components import TINY_BASE_DIR
+from lorakit.synthetic import quality, recipe
 
-# Tests draw the demo's photos through this module.
-__all__ = ["draw_photo", "main"]
+FAMILY = "tiny"
 
 NAME = "demo"
-SIZE = 64  # the tiny model's native size: 8×8 latents
+SIZE = recipe.SIDE  # the tiny model's native size: 8×8 latents
 STEPS = ("plan", "train", "all")
-RANDOM_NOTE = (
-    "NOTE: the base model is a tiny RANDOM-weight stand-in in the SD1.5 layout (no pretrained "
-    "tiny model ships yet), so its pictures are noise. The commands, LoRA files, grid, loss "
-    "curve and PNG metadata are real; on a real checkpoint the same steps give real images."
-)
-PROMPT = f"{TRIGGER} {CLASS}, standing in a park"
+PROMPT = f"{TRIGGER} {CLASS}, pink background"
 
 
 @dataclass(frozen=True)
@@ -51,24 +48,33 @@ class DemoOptions:
 
     out: Path
     until: str = "all"
-    epochs: int = 4
-    repeats: int = 2
-    sample_steps: int = 12
+    epochs: int = recipe.EPOCHS
+    repeats: int = recipe.REPEATS
+    sample_steps: int = 25
+    score_samples: int = quality.SAMPLES
 
 
 def parse_options(argv: Sequence[str] | None) -> DemoOptions:
     parser = argparse.ArgumentParser(description="lorakit end-to-end demo")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--until", choices=STEPS, default="all", help="stop after this step")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
-    parser.add_argument("--repeats", type=int, default=2, help="repeats while training")
+    parser.add_argument("--epochs", type=int, default=recipe.EPOCHS, help="training epochs")
+    parser.add_argument("--repeats", type=int, default=recipe.REPEATS, help="repeats per image")
     parser.add_argument(
-        "--sample-steps", type=int, default=12, help="denoising steps per picture (default 12)"
+        "--sample-steps", type=int, default=25, help="denoising steps per picture (default 25)"
+    )
+    parser.add_argument(
+        "--score-samples",
+        type=int,
+        default=quality.SAMPLES,
+        help=f"images per score and epoch (default {quality.SAMPLES})",
     )
     args = parser.parse_args(argv)
-    if min(args.epochs, args.repeats, args.sample_steps) < 1:
-        parser.error("--epochs, --repeats and --sample-steps must be at least 1")
-    return DemoOptions(args.out, args.until, args.epochs, args.repeats, args.sample_steps)
+    if min(args.epochs, args.repeats, args.sample_steps, args.score_samples) < 1:
+        parser.error("--epochs, --repeats, --sample-steps and --score-samples must be at least 1")
+    return DemoOptions(
+        args.out, args.until, args.epochs, args.repeats, args.sample_steps, args.score_samples
+    )
 
 
 def step(title: str) -> None:
@@ -85,7 +91,7 @@ def run_command(*argv: str | Path) -> None:
 
 
 def lint_photos(photos: Path) -> list[Finding]:
-    findings = lint_dataset(photos, trigger=TRIGGER)
+    findings = lint_dataset(photos, trigger=TRIGGER, family=FAMILY)
     print_findings(findings, photos, Console())
     print(f"`lorakit dataset lint` would exit with status {int(has_errors(findings))}")
     return findings
@@ -114,49 +120,18 @@ def curate(photos: Path, findings: Sequence[Finding], curated: Path) -> Path:
     return curated
 
 
-def write_base_model(folder: Path) -> Path:
-    """The stand-in base: a diffusers folder in the SD1.5 layout, random weights."""
-    from lorakit.models.tiny import save_tiny
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    save_tiny("sd15", folder, seed=0)
-    print(f"wrote {folder}")
-    print(RANDOM_NOTE)
-    return folder
-
-
-def write_train_config(run: Path, base: Path, out: Path, options: DemoOptions) -> Path:
-    """A small run: 64 px, rank 4, a sample every epoch and a held-out validation set."""
+def write_train_config(run: Path, out: Path, options: DemoOptions) -> Path:
+    """The shared tiny-model recipe, with a sample every epoch."""
     import tomli_w
 
     from lorakit.training.config import config_from_dict, save_config
 
     prompts = out / "sample_prompts.txt"
     atomic_write_text(prompts, f"{PROMPT} --w {SIZE} --h {SIZE} --s {options.sample_steps} --d 1\n")
-    config = config_from_dict(
-        {
-            "model": {"path": str(base)},
-            "dataset": {
-                "path": str(run),
-                "resolution": SIZE,
-                "bucket_min": SIZE,
-                "bucket_max": 2 * SIZE,
-                "repeats": options.repeats,
-                "trigger": TRIGGER,
-            },
-            "network": {"rank": 4, "alpha": 4.0},
-            # Plain AdamW in fp32: the tiny model trains fastest on a CPU that way. The LRs
-            # are 50× the usual so that the loss falls clearly within a few dozen steps.
-            "optimizer": {"name": "adamw", "unet_lr": 5e-3, "text_encoder_lr": 5e-4},
-            "scheduler": {"name": "constant"},
-            "training": {"epochs": options.epochs, "batch_size": 2, "mixed_precision": "no"},
-            "saving": {"output_dir": str(out / "lora"), "name": NAME},
-            "sampling": {"prompts": str(prompts), "every_n_epochs": 1},
-            "validation": {"enabled": True, "split": 0.2, "timesteps": 2},
-        },
-        "demo config",
-    )
+    settings = recipe.concept_settings(run, out / "lora", NAME, TRIGGER, epochs=options.epochs)
+    settings["dataset"]["repeats"] = options.repeats
+    settings["sampling"] = {"prompts": str(prompts), "every_n_epochs": 1}
+    config = config_from_dict(settings, "demo config")
     path = out / "train.toml"
     save_config(config, path)
     print(f"wrote {path}, every setting spelt out; these differ from the defaults:\n")
@@ -168,17 +143,23 @@ def sampling_args(options: DemoOptions) -> list[str]:
     return ["--steps", str(options.sample_steps), "--width", str(SIZE), "--height", str(SIZE)]
 
 
-def generate_one(base: Path, lora_dir: Path, out: Path, options: DemoOptions) -> Path:
-    """One picture with the trained LoRA at weight 0.8, named in the prompt as in A1111."""
+def generate_one(lora_dir: Path, out: Path, options: DemoOptions) -> Path:
+    """One picture with the trained LoRA, named in the prompt as in A1111."""
     folder = out / "generated"
     if folder.exists():
         shutil.rmtree(folder)
-    prompt = f"<lora:{NAME}:0.8> {TRIGGER} {CLASS}, standing on a beach"
+    prompt = f"<lora:{NAME}:1> {TRIGGER} {CLASS}, large, right, gray background"
     run_command(
-        "generate", prompt, "--model", base, "--lora-dir", lora_dir, "--seed", "7",
+        "generate", prompt, "--model", TINY_BASE_DIR, "--lora-dir", lora_dir, "--seed", "7",
         "--out", folder, "--device", "cpu", *sampling_args(options),
     )  # fmt: skip
     return sorted(folder.glob("*.png"))[0]
+
+
+def score(lora_dir: Path, options: DemoOptions) -> Path:
+    """Fidelity, flexibility and bleed of every epoch, judged by the attribute classifier."""
+    rows = quality.score_run(lora_dir, CLASS, TRIGGER, samples=options.score_samples)
+    return quality.report(lora_dir, CLASS, TRIGGER, rows)
 
 
 def print_results(lora_dir: Path, image: Path) -> None:
@@ -188,13 +169,13 @@ def print_results(lora_dir: Path, image: Path) -> None:
         ("every epoch + state", lora_dir),
         ("epoch × weight grid", lora_dir / "grid.png"),
         ("loss curve", lora_dir / "loss.png"),
+        ("scores per epoch", lora_dir / "quality.json"),
         ("samples while training", lora_dir / "samples"),
         ("TensorBoard logs", lora_dir / "logs"),
         ("generated image", image),
     ]
     for label, path in rows:
         print(f"  {label:<24} {path.resolve()}")
-    print(f"\n{RANDOM_NOTE}")
 
 
 def prepare_dataset(out: Path) -> Path:
@@ -212,35 +193,38 @@ def prepare_dataset(out: Path) -> Path:
     step("4. prep: kohya layout, upright RGB PNGs, captions with the trigger")
     run = out / "run"
     run_command("dataset", "prep", curated, run, "--trigger", TRIGGER, "--class", CLASS)
-    run_command("dataset", "lint", run, "--trigger", TRIGGER)
+    run_command("dataset", "lint", run, "--trigger", TRIGGER, "--family", FAMILY)
 
     step("5. plan: steps per epoch and in total")
     run_command("dataset", "plan", run, "--epochs", "10")
     return run
 
 
-def train_lora(run: Path, out: Path, options: DemoOptions) -> tuple[Path, Path]:
-    """Steps 6-8: base model → config → train; returns (base model, LoRA folder)."""
+def train_lora(run: Path, out: Path, options: DemoOptions) -> Path:
+    """Steps 6-8: base model → config → train; returns the LoRA folder."""
     step("6. a base model")
-    base = write_base_model(out / "base-model")
+    print(
+        f"lorakit's pretrained tiny model (family {FAMILY}, 64 px, SD1.5 layout): {TINY_BASE_DIR}\n"
+        f"It draws shapes from prompts and has never seen a {CLASS}."
+    )
 
     step("7. a training config (small, so the demo runs in minutes on a CPU)")
     print(
         f"The plan above is for a real run; the demo trains {options.repeats} repeats × "
         f"{options.epochs} epochs at {SIZE} px instead."
     )
-    config = write_train_config(run, base, out, options)
+    config = write_train_config(run, out, options)
 
     step("8. train: an epoch file, a sample and the validation loss every epoch")
     lora_dir = out / "lora"
     if lora_dir.exists():
         shutil.rmtree(lora_dir)
     run_command("train", config)
-    return base, lora_dir
+    return lora_dir
 
 
-def compare_and_use(base: Path, lora_dir: Path, out: Path, options: DemoOptions) -> Path:
-    """Steps 9-11: grid → pick → generate; returns the generated image."""
+def compare(lora_dir: Path, options: DemoOptions) -> None:
+    """Steps 9-10: grid → pick."""
     step("9. grid: every epoch at several LoRA weights, one seed")
     run_command(
         "grid", lora_dir, "--prompt", PROMPT, "--seed", "1", "--device", "cpu",
@@ -249,9 +233,6 @@ def compare_and_use(base: Path, lora_dir: Path, out: Path, options: DemoOptions)
 
     step("10. pick: the best epoch by validation loss")
     run_command("pick", lora_dir)
-
-    step("11. generate with the LoRA")
-    return generate_one(base, lora_dir, out, options)
 
 
 @contextmanager
@@ -279,11 +260,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nStopped after plan. Everything is in {out.resolve()}")
         return 0
     with one_thread():
-        base, lora_dir = train_lora(run, out, options)
+        lora_dir = train_lora(run, out, options)
         if options.until == "train":
             print(f"\nStopped after training. Everything is in {out.resolve()}")
             return 0
-        image = compare_and_use(base, lora_dir, out, options)
+        compare(lora_dir, options)
+    step("11. score: did the LoRA learn the subject, and only when asked?")
+    score(lora_dir, options)  # batches of 24 prompts: here both cores help
+    step("12. generate with the LoRA")
+    with one_thread():
+        image = generate_one(lora_dir, out, options)
     print_results(lora_dir, image)
     return 0
 

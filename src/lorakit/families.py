@@ -12,8 +12,13 @@ from enum import StrEnum
 class ModelFamily(StrEnum):
     SD15 = "sd15"
     SDXL = "sdxl"
+    TINY = "tiny"  # lorakit's pretrained 64 px model in the SD1.5 layout (make demo, bench)
 
 
 # The side each family was trained at: the default training resolution, and the size below
 # which lint warns that the trainer will upscale.
-NATIVE_SIDE = {ModelFamily.SD15.value: 512, ModelFamily.SDXL.value: 1024}
+NATIVE_SIDE = {
+    ModelFamily.SD15.value: 512,
+    ModelFamily.SDXL.value: 1024,
+    ModelFamily.TINY.value: 64,
+}

@@ -61,7 +61,7 @@ def _add_lint(sub: argparse._SubParsersAction) -> None:
         "--family",
         choices=sorted(NATIVE_SIDE),
         default="sd15",
-        help="sets the native size photos should reach: sd15 512 px, sdxl 1024 px",
+        help="sets the native size photos should reach: sd15 512, sdxl 1024, tiny 64 px",
     )
     p.add_argument(
         "--trigger", help="word every caption must contain (default: from an N_trigger folder)"

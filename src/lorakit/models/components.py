@@ -21,12 +21,15 @@ from lorakit.models.base import BaseModel, ModelFamily
 from lorakit.models.configs import CONFIG_ROOT
 
 TOKENIZER_DIR = CONFIG_ROOT / "clip_tokenizer"
+# The pretrained tiny model ships whole (configs and weights) inside the package.
+TINY_BASE_DIR = Path(__file__).parent / "tiny_base"
 
 TextEncoderClass = type[CLIPTextModel] | type[CLIPTextModelWithProjection]
 
 # (subfolder, class) of each text encoder, in the order BaseModel.text_encoders holds them.
 TEXT_ENCODERS: dict[ModelFamily, tuple[tuple[str, TextEncoderClass], ...]] = {
     ModelFamily.SD15: (("text_encoder", CLIPTextModel),),
+    ModelFamily.TINY: (("text_encoder", CLIPTextModel),),
     ModelFamily.SDXL: (
         ("text_encoder", CLIPTextModel),
         ("text_encoder_2", CLIPTextModelWithProjection),
@@ -36,13 +39,14 @@ TEXT_ENCODERS: dict[ModelFamily, tuple[tuple[str, TextEncoderClass], ...]] = {
 # SDXL's second tokenizer pads with "!" (token 0), as the OpenCLIP tokenizer it stands for.
 TOKENIZER_PAD_TOKENS: dict[ModelFamily, tuple[str | None, ...]] = {
     ModelFamily.SD15: (None,),
+    ModelFamily.TINY: (None,),
     ModelFamily.SDXL: (None, "!"),
 }
 
 
 def bundled_config_dir(family: ModelFamily) -> Path:
-    """The bundled diffusers-layout config folder (no weights) of `family`."""
-    return CONFIG_ROOT / family.value
+    """The bundled diffusers-layout config folder of `family` (weights only for tiny)."""
+    return TINY_BASE_DIR if family is ModelFamily.TINY else CONFIG_ROOT / family.value
 
 
 def load_tokenizers(family: ModelFamily) -> list[CLIPTokenizer]:

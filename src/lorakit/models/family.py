@@ -27,6 +27,8 @@ SD2_TE_PREFIX = "cond_stage_model.model."
 REFINER_TE_PREFIX = "conditioner.embedders.0.model."
 V_PREDICTION_KEY = "v_pred"  # the marker ComfyUI and A1111 read in v-prediction SDXL files
 
+# model_index.json key naming a lorakit family the UNet config alone cannot tell apart.
+TINY_MARKER = "_lorakit_family"
 SUPPORTED = "lorakit supports SD1.5 and SDXL base (epsilon-prediction) models"
 
 
@@ -76,6 +78,8 @@ def family_from_folder(folder: Path) -> ModelFamily:
     index = read_json(folder / "model_index.json")
     unet = read_json(folder / "unet" / "config.json")
     pipeline = str(index.get("_class_name", ""))
+    if index.get(TINY_MARKER) == ModelFamily.TINY.value:
+        return ModelFamily.TINY
     if read_scheduler_config(folder).get("prediction_type") == "v_prediction":
         raise LorakitError(f"{folder}: a v-prediction model; {SUPPORTED}")
     if unet.get("addition_embed_type") == "text_time":

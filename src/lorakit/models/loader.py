@@ -60,8 +60,8 @@ def _resolve_family(
     wanted = detected if requested is None else parse_family(requested, path)
     if wanted is not detected:
         raise LorakitError(
-            f"{path}: is an {detected.value} model, not {wanted.value}; drop the family option "
-            "or give a matching checkpoint"
+            f"{path}: is a model of family {detected.value}, not {wanted.value}; drop the family "
+            "option or give a matching checkpoint"
         )
     return detected
 

@@ -2,8 +2,8 @@
 
 Metadata is trusted first (sd-scripts and lorakit write it); otherwise the keys decide:
 SDXL has two text encoders (`lora_te1_`/`lora_te2_`, `text_encoder_2.`), SD1.5 one; the
-cross-attention input width is 768 for SD1.5 and 2048 for SDXL; and only SD1.5 has
-attention in its first down block.
+cross-attention input width is 768 for SD1.5, 2048 for SDXL and 64 for the tiny model; and
+only SD1.5 has attention in its first down block.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lorakit.errors import LorakitError
 from lorakit.models.base import ModelFamily
 from lorakit.network.metadata import family_from_metadata
 
-_CROSS_WIDTH = {768: ModelFamily.SD15, 2048: ModelFamily.SDXL}
+_CROSS_WIDTH = {768: ModelFamily.SD15, 2048: ModelFamily.SDXL, 64: ModelFamily.TINY}
 _CROSS_KEY = re.compile(r"attn2[._]to_k[._](lora_down|lora_A|lora[._]down)")
 _SD15_FIRST_ATTENTION = (
     "down_blocks_0_attentions",

@@ -24,17 +24,23 @@ from lorakit.errors import LorakitError
 from lorakit.models import ModelFamily, file_hashes
 from lorakit.network.config import LoRAConfig
 
-BASE_MODEL_VERSION = {ModelFamily.SD15: "sd_v1", ModelFamily.SDXL: "sdxl_base_v1-0"}
+BASE_MODEL_VERSION = {
+    ModelFamily.SD15: "sd_v1",
+    ModelFamily.SDXL: "sdxl_base_v1-0",
+    ModelFamily.TINY: "lorakit_tiny",
+}
 ARCHITECTURE = {
     ModelFamily.SD15: "stable-diffusion-v1/lora",
     ModelFamily.SDXL: "stable-diffusion-xl-v1-base/lora",
+    ModelFamily.TINY: "lorakit-tiny/lora",
 }
 # sd-scripts: SDXL LoRAs name the SAI implementation, SD1.x LoRAs diffusers.
 IMPLEMENTATION = {
     ModelFamily.SD15: "diffusers",
     ModelFamily.SDXL: "https://github.com/Stability-AI/generative-models",
+    ModelFamily.TINY: "diffusers",
 }
-DEFAULT_RESOLUTION = {ModelFamily.SD15: 512, ModelFamily.SDXL: 1024}
+DEFAULT_RESOLUTION = {ModelFamily.SD15: 512, ModelFamily.SDXL: 1024, ModelFamily.TINY: 64}
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v", "v": "v"}
 MODELSPEC_VERSION = "1.0.1"
 # Optional modelspec fields a caller may pass as keyword arguments (no `ss_` twin).
@@ -201,4 +207,6 @@ def family_from_metadata(metadata: Mapping[str, str]) -> ModelFamily | None:
         return ModelFamily.SDXL
     if version.startswith("sd_v1") or architecture.startswith("stable-diffusion-v1"):
         return ModelFamily.SD15
+    if version == BASE_MODEL_VERSION[ModelFamily.TINY]:
+        return ModelFamily.TINY
     return None

@@ -48,7 +48,7 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str = ""
-    family: Literal["sd15", "sdxl"] | None = None
+    family: Literal["sd15", "sdxl", "tiny"] | None = None
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Frozen-weight dtype; "auto" follows `training.mixed_precision`."""
 
