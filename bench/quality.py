@@ -4,14 +4,13 @@
 
 Uses the demo's settings (`lorakit.synthetic.recipe`) unless --config overrides some, so
 the defaults are judged on subjects they were not tuned on. Prints a table and writes
-quality.json (the base model's own held-out attribute accuracy, and fidelity /
-flexibility / bleed per epoch) into --out.
+OUT/lora/quality.json (the base model's own held-out attribute accuracy, and fidelity /
+flexibility / bleed per epoch).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tomllib
@@ -21,13 +20,9 @@ import torch
 
 from lorakit.cli.main import main as lorakit
 from lorakit.errors import LorakitError
-from lorakit.fileio import atomic_write_text
-from lorakit.models import load_base_model
-from lorakit.models.components import TINY_BASE_DIR
-from lorakit.synthetic.classifier import load_classifier
 from lorakit.synthetic.concept import write_concept_images
 from lorakit.synthetic.evaluate import base_accuracy
-from lorakit.synthetic.quality import SAMPLES, report, score_run
+from lorakit.synthetic.quality import SAMPLES, load_judged_base, report, score_run
 from lorakit.synthetic.recipe import concept_settings
 from lorakit.synthetic.scenes import all_combos, held_out
 from lorakit.synthetic.subjects import SUBJECTS
@@ -70,18 +65,15 @@ def main() -> int:
     torch.set_num_threads(1)
     extra = tomllib.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
     lora_dir = train(args.out, args.subject, args.trigger, args.images, extra)
-    rows = score_run(lora_dir, args.subject, args.trigger, samples=args.samples)
-    path = report(lora_dir, args.subject, args.trigger, rows)
+    base, classifier = load_judged_base()
+    rows = score_run(base, classifier, lora_dir, args.subject, args.trigger, args.samples)
     held = [scene for scene in all_combos() if held_out(scene)]
-    accuracy = base_accuracy(load_base_model(TINY_BASE_DIR), load_classifier(), held)
+    accuracy = base_accuracy(base, classifier, held)
     print(
         "base model on held-out combinations: "
         + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items())
     )
-    document = json.loads(path.read_text(encoding="utf-8"))
-    document["base_held_out_accuracy"] = accuracy
-    atomic_write_text(args.out / "quality.json", json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.out / 'quality.json'}")
+    report(lora_dir, args.subject, args.trigger, rows, {"base_held_out_accuracy": accuracy})
     return 0
 
 

@@ -158,7 +158,10 @@ def generate_one(lora_dir: Path, out: Path, options: DemoOptions) -> Path:
 
 def score(lora_dir: Path, options: DemoOptions) -> Path:
     """Fidelity, flexibility and bleed of every epoch, judged by the attribute classifier."""
-    rows = quality.score_run(lora_dir, CLASS, TRIGGER, samples=options.score_samples)
+    base, classifier = quality.load_judged_base()
+    rows = quality.score_run(
+        base, classifier, lora_dir, CLASS, TRIGGER, samples=options.score_samples
+    )
     return quality.report(lora_dir, CLASS, TRIGGER, rows)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,8 +82,8 @@ def measure(
     )
 
 
-def _share(hits: Sequence[bool] | object) -> float:
-    values = list(hits)  # type: ignore[call-overload]
+def _share(hits: Iterable[bool]) -> float:
+    values = list(hits)
     return sum(values) / len(values)
 
 
@@ -110,13 +110,24 @@ def measure_lora(
         return measure(base, classifier, subject, trigger, samples)
 
 
-def score_run(lora_dir: Path, subject: str, trigger: str, samples: int = SAMPLES) -> list[dict]:
-    """One row per saved epoch of the run in `lora_dir`: the figures at LoRA weight 1."""
+def load_judged_base() -> tuple[BaseModel, AttributeClassifier]:
+    """The shipped tiny base model and the classifier that judges its pictures."""
     from lorakit.models import load_base_model
     from lorakit.models.components import TINY_BASE_DIR
     from lorakit.synthetic.classifier import load_classifier
 
-    base, classifier = load_base_model(TINY_BASE_DIR), load_classifier()
+    return load_base_model(TINY_BASE_DIR), load_classifier()
+
+
+def score_run(
+    base: BaseModel,
+    classifier: AttributeClassifier,
+    lora_dir: Path,
+    subject: str,
+    trigger: str,
+    samples: int = SAMPLES,
+) -> list[dict]:
+    """One row per saved epoch of the run in `lora_dir`: the figures at LoRA weight 1."""
     rows = []
     for epoch, path in track(epoch_files(lora_dir), "scoring epochs"):
         figures = measure_lora(base, classifier, path, subject, trigger, samples)
@@ -132,9 +143,15 @@ def best_scoring(rows: list[dict], max_bleed: float = 0.1) -> int | None:
     return None if best is None else best["epoch"]
 
 
-def report(lora_dir: Path, subject: str, trigger: str, rows: list[dict]) -> Path:
+def report(
+    lora_dir: Path,
+    subject: str,
+    trigger: str,
+    rows: list[dict],
+    extra: Mapping[str, object] | None = None,
+) -> Path:
     """Print the table with the epochs `lorakit pick` (validation loss) and the scores
-    choose, and write quality.json."""
+    choose, and write quality.json (with `extra` entries, e.g. the base's own accuracy)."""
     from lorakit.training.checkpoint import read_summary
 
     best = read_summary(lora_dir).get("best_epoch")
@@ -159,6 +176,7 @@ def report(lora_dir: Path, subject: str, trigger: str, rows: list[dict]) -> Path
         "picked_epoch": best,
         "best_scoring_epoch": scoring,
         "epochs": rows,
+        **(extra or {}),
     }
     atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     print(f"wrote {path}")
