@@ -20,7 +20,7 @@ import torch
 
 from lorakit.cli.main import main as lorakit
 from lorakit.errors import LorakitError
-from lorakit.synthetic.concept import write_concept_images
+from lorakit.synthetic.concept import write_concept_images, write_regularization_images
 from lorakit.synthetic.evaluate import base_accuracy
 from lorakit.synthetic.quality import SAMPLES, load_judged_base, report, score_run
 from lorakit.synthetic.recipe import concept_settings
@@ -37,11 +37,14 @@ def merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def train(out: Path, subject: str, trigger: str, images: int, extra: dict) -> Path:
-    photos, run, lora_dir = out / "photos", out / "run", out / "lora"
-    for folder in (photos, run, lora_dir):
+def train(out: Path, subject: str, trigger: str, images: int, reg: int, extra: dict) -> Path:
+    photos, run, lora_dir, reg_dir = out / "photos", out / "run", out / "lora", out / "reg"
+    for folder in (photos, run, lora_dir, reg_dir):
         shutil.rmtree(folder, ignore_errors=True)
     write_concept_images(photos, subject, trigger, count=images)
+    if reg:
+        write_regularization_images(reg_dir, count=reg)
+        extra = merge({"dataset": {"reg_path": str(reg_dir)}}, extra)
     if lorakit(["dataset", "prep", str(photos), str(run), "--trigger", trigger,
                 "--class", subject]) != 0:  # fmt: skip
         raise LorakitError(f"{photos}: dataset prep failed")
@@ -59,12 +62,15 @@ def main() -> int:
     parser.add_argument("--trigger", default="zkz")
     parser.add_argument("--config", type=Path, help="TOML whose keys override the settings")
     parser.add_argument("--images", type=int, default=24, help="concept images (15–40)")
+    parser.add_argument(
+        "--reg", type=int, default=0, help="regularization images of the base world (0: none)"
+    )
     parser.add_argument("--samples", type=int, default=SAMPLES, help="images per check")
     parser.add_argument("--out", type=Path, default=Path("bench-output/quality"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     extra = tomllib.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
-    lora_dir = train(args.out, args.subject, args.trigger, args.images, extra)
+    lora_dir = train(args.out, args.subject, args.trigger, args.images, args.reg, extra)
     base, classifier = load_judged_base()
     rows = score_run(base, classifier, lora_dir, args.subject, args.trigger, args.samples)
     held = [scene for scene in all_combos() if held_out(scene)]

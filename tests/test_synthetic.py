@@ -12,7 +12,11 @@ from PIL import Image
 from lorakit.dataset.lint import lint_dataset
 from lorakit.demo_photos import write_sample_photos
 from lorakit.synthetic.classifier import HEADS, NONE, judge, load_classifier
-from lorakit.synthetic.concept import PHOTO_SIDE, write_concept_images
+from lorakit.synthetic.concept import (
+    PHOTO_SIDE,
+    write_concept_images,
+    write_regularization_images,
+)
 from lorakit.synthetic.scenes import (
     ATTRIBUTES,
     BACKGROUNDS,
@@ -106,3 +110,23 @@ def test_shipped_classifier_reads_fresh_scenes(classifier) -> None:
         ]
         pairs = [(seen, truth) for seen, truth in pairs if truth]
         assert sum(seen == truth for seen, truth in pairs) / len(pairs) >= 0.9, name
+
+
+def test_regularization_images_are_the_base_world_as_captioned(tmp_path, classifier) -> None:
+    photos = write_regularization_images(tmp_path / "reg", count=16)
+    assert sorted(tmp_path.joinpath("reg").glob("*.png")) == photos
+    captions = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in photos]
+    training = {scene.caption() for scene in all_combos() if not held_out(scene)}
+    assert set(captions) <= training and len(set(captions)) > 8  # varied, none held out
+    images = [Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS) for p in photos]
+    verdicts = judge(classifier, images)
+    assert all(v.subject == NONE for v in verdicts)  # no subject to bleed from
+    told = [caption.split(", ") for caption in captions]  # thing, size, position, background
+    seen = [
+        [f"{v.values['colour']} {v.values['shape']}", v.values["size"], v.values["position"],
+         f"{v.values['background']} background"]
+        for v in verdicts
+    ]  # fmt: skip
+    for column in range(4):
+        hits = [s[column] == t[column] for s, t in zip(seen, told, strict=True)]
+        assert sum(hits) / len(hits) >= 0.9, told[0][column]

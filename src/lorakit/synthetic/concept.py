@@ -9,10 +9,11 @@ the trainer resizes them to the tiny model's 64 px.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from lorakit.fileio import atomic_path, atomic_write_text
-from lorakit.synthetic.scenes import BACKGROUNDS, POSITIONS, SIZES, Scene, render
+from lorakit.synthetic.scenes import BACKGROUNDS, POSITIONS, SIZES, Scene, random_scene, render
 
 PHOTO_SIDE = 256
 
@@ -52,13 +53,37 @@ def write_concept_images(
     folder: Path, subject: str, trigger: str, *, count: int = 24, seed: int = 0
 ) -> list[Path]:
     """Write `count` PNGs of `subject` with `.txt` captions into `folder`; return the PNGs."""
-    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 1)
+    scenes = concept_scenes(subject, count, seed)
+    return _write_photos(folder, subject, scenes, rng, lambda s: concept_caption(s, trigger, rng))
+
+
+def write_regularization_images(folder: Path, *, count: int = 48, seed: int = 0) -> list[Path]:
+    """Write `count` scenes of the base model's own world with their tag captions.
+
+    Regularization (prior-preservation) images for `dataset.reg_path`: training on them
+    next to the concept reminds the LoRA what "red circle, gray background" looked like
+    before, which is what keeps the subject out of prompts without the trigger.
+    """
+    rng = random.Random(seed + 2)
+    scenes = [random_scene(rng) for _ in range(count)]
+    return _write_photos(folder, "scene", scenes, rng, Scene.caption)
+
+
+def _write_photos(
+    folder: Path,
+    stem: str,
+    scenes: list[Scene],
+    rng: random.Random,
+    caption: Callable[[Scene], str],
+) -> list[Path]:
+    """Each scene as a PHOTO_SIDE PNG plus its `.txt` caption, written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for index, scene in enumerate(concept_scenes(subject, count, seed), start=1):
-        path = folder / f"{subject}_{index:03d}.png"
+    for index, scene in enumerate(scenes, start=1):
+        path = folder / f"{stem}_{index:03d}.png"
         with atomic_path(path) as tmp:
             render(scene, rng, side=PHOTO_SIDE).save(tmp, format="PNG")
-        atomic_write_text(path.with_suffix(".txt"), concept_caption(scene, trigger, rng))
+        atomic_write_text(path.with_suffix(".txt"), caption(scene))
         written.append(path)
     return written
