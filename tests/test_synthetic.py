@@ -121,12 +121,8 @@ def test_regularization_images_are_the_base_world_as_captioned(tmp_path, classif
     images = [Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS) for p in photos]
     verdicts = judge(classifier, images)
     assert all(v.subject == NONE for v in verdicts)  # no subject to bleed from
-    told = [caption.split(", ") for caption in captions]  # thing, size, position, background
-    seen = [
-        [f"{v.values['colour']} {v.values['shape']}", v.values["size"], v.values["position"],
-         f"{v.values['background']} background"]
-        for v in verdicts
-    ]  # fmt: skip
-    for column in range(4):
+    told = [caption.split(", ") for caption in captions]
+    seen = [Scene(**{name: v.values[name] for name in ATTRIBUTES}).tags() for v in verdicts]
+    for column in range(4):  # colour + shape, size, position, background
         hits = [s[column] == t[column] for s, t in zip(seen, told, strict=True)]
         assert sum(hits) / len(hits) >= 0.9, told[0][column]
