@@ -118,8 +118,7 @@ def test_regularization_images_are_the_base_world_as_captioned(tmp_path, classif
     captions = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in photos]
     training = {scene.caption() for scene in all_combos() if not held_out(scene)}
     assert set(captions) <= training and len(set(captions)) > 8  # varied, none held out
-    images = [Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS) for p in photos]
-    verdicts = judge(classifier, images)
+    verdicts = judge(classifier, [Image.open(p) for p in photos])  # judge resizes to 64 px
     assert all(v.subject == NONE for v in verdicts)  # no subject to bleed from
     told = [caption.split(", ") for caption in captions]
     seen = [Scene(**{name: v.values[name] for name in ATTRIBUTES}).tags() for v in verdicts]

@@ -55,7 +55,7 @@ def write_concept_images(
     """Write `count` PNGs of `subject` with `.txt` captions into `folder`; return the PNGs."""
     rng = random.Random(seed + 1)
     scenes = concept_scenes(subject, count, seed)
-    return _write_photos(folder, subject, scenes, rng, lambda s: concept_caption(s, trigger, rng))
+    return _write_photos(folder, subject, scenes, rng, lambda s, r: concept_caption(s, trigger, r))
 
 
 def write_regularization_images(folder: Path, *, count: int = 48, seed: int = 0) -> list[Path]:
@@ -67,7 +67,7 @@ def write_regularization_images(folder: Path, *, count: int = 48, seed: int = 0)
     """
     rng = random.Random(seed + 2)
     scenes = [random_scene(rng) for _ in range(count)]
-    return _write_photos(folder, "scene", scenes, rng, Scene.caption)
+    return _write_photos(folder, "scene", scenes, rng, lambda s, _: s.caption())
 
 
 def _write_photos(
@@ -75,15 +75,18 @@ def _write_photos(
     stem: str,
     scenes: list[Scene],
     rng: random.Random,
-    caption: Callable[[Scene], str],
+    caption: Callable[[Scene, random.Random], str],
 ) -> list[Path]:
-    """Each scene as a PHOTO_SIDE PNG plus its `.txt` caption, written atomically."""
+    """Each scene as a PHOTO_SIDE PNG plus its `.txt` caption, written atomically.
+
+    One `rng` draws the jitter and then the caption of each scene in turn, so a seed gives
+    the same files every time."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for index, scene in enumerate(scenes, start=1):
         path = folder / f"{stem}_{index:03d}.png"
         with atomic_path(path) as tmp:
             render(scene, rng, side=PHOTO_SIDE).save(tmp, format="PNG")
-        atomic_write_text(path.with_suffix(".txt"), caption(scene))
+        atomic_write_text(path.with_suffix(".txt"), caption(scene, rng))
         written.append(path)
     return written
