@@ -1,31 +1,45 @@
-# `make test` and `make demo` work on a fresh clone: each creates .venv when needed.
+# `make test` and `make demo` work on a fresh clone: each creates .venv when needed and
+# installs exactly requirements.lock (every package pinned with hashes), never what the
+# registry serves that morning. `make lock` refreshes the lock, then runs the tests.
 # CUDA users: make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# Where `make lock` finds the CPU torch wheel named in tools/lock-constraints.txt.
+TORCH_LOCK_SOURCE ?= --find-links /opt/wheels --extra-index-url https://download.pytorch.org/whl/cpu
+LOCK := requirements.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: setup test lint demo clean
+.PHONY: setup check-lock test lint demo lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+check-lock: $(STAMP)
+	$(BIN)/python tools/check_lock.py $(LOCK)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: check-lock lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
 	$(BIN)/python -m lorakit.demo
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade \
+		--generate-hashes --no-emit-package torch -c tools/lock-constraints.txt \
+		$(TORCH_LOCK_SOURCE) --custom-compile-command "make lock" -q -o $(LOCK)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
-from lorakit import __version__
+from lorakit import __version__, thirdparty
 from lorakit.errors import LorakitError
 
-# lorakit never downloads: make every Hugging Face library fail fast instead of reaching for
-# the hub, and keep transformers' optional-backend chatter (torchvision) and its per-file
-# loading/saving bars off the terminal: lorakit shows its own progress.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+thirdparty.configure()
 
 # Modules under lorakit.cli that expose `register(subparsers)`.
 COMMAND_MODULES = (

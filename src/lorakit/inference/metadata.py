@@ -20,7 +20,6 @@ from safetensors import SafetensorError, safe_open
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_path
-from lorakit.models import file_hashes
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -189,7 +188,10 @@ def lora_short_hash(path: Path) -> str:
     CivitAI and A1111 link lorakit's images to the same files.
     """
     if path.suffix.lower() != ".safetensors":
-        # A1111 hashes other formats (.pt/.ckpt LoRAs) whole.
+        # A1111 hashes other formats (.pt/.ckpt LoRAs) whole. Imported here: the models
+        # package loads diffusers, which `png-info` should not wait for.
+        from lorakit.models.checkpoint import file_hashes
+
         return file_hashes(path)["sha256"][:12]
     try:
         with safe_open(path, framework="pt") as handle:

@@ -25,9 +25,9 @@ def _adamw(groups: ParamGroups, lr: float, args: dict[str, Any]) -> torch.optim.
 
 
 def _adamw8bit(groups: ParamGroups, lr: float, args: dict[str, Any]) -> torch.optim.Optimizer:
-    import bitsandbytes as bnb
+    from lorakit.thirdparty import bitsandbytes
 
-    return bnb.optim.AdamW8bit(groups, lr=lr, **args)
+    return bitsandbytes().optim.AdamW8bit(groups, lr=lr, **args)
 
 
 def _adafactor(groups: ParamGroups, lr: float, args: dict[str, Any]) -> torch.optim.Optimizer:
