@@ -19,7 +19,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(LOCK)
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e ".[ui,dev]"
 	touch $(STAMP)
 
 check-lock: $(STAMP)
@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/python -m lorakit.demo
 
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --upgrade \
+	$(BIN)/uv pip compile pyproject.toml --all-extras --python-version 3.11 --upgrade \
 		--generate-hashes --no-emit-package torch -c tools/lock-constraints.txt \
 		$(TORCH_LOCK_SOURCE) --custom-compile-command "make lock" -q -o $(LOCK)
 	$(MAKE) test

@@ -34,7 +34,8 @@ def read_lock(path: Path) -> dict[str, str]:
 
 def project_requirements(pyproject: Path) -> list[Requirement]:
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    names = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
+    extras = data["project"]["optional-dependencies"]
+    names = data["project"]["dependencies"] + [req for group in extras.values() for req in group]
     return [Requirement(text) for text in names + data["build-system"]["requires"]]
 
 
