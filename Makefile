@@ -11,7 +11,7 @@ LOCK := requirements.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lorakit-installed
 
-.PHONY: setup check-lock test lint demo lock clean
+.PHONY: setup check-lock browser test lint demo lock clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: check-lock lint
+# The UI's browser tests drive Debian's chromium; as root we install it when missing, elsewhere
+# those tests skip with a line saying why (under CI=true they fail instead).
+browser:
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+				>/dev/null || echo "make: apt-get could not install chromium" >&2; \
+		else \
+			echo "make: no chromium (Debian: apt-get install chromium); browser tests skip" >&2; \
+		fi; \
+	fi
+
+test: check-lock lint browser
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
