@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
+import zipfile
 from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from lorakit.cli.main import main
 from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, file_hashes, load_base_model
 from lorakit.models.components import load_tokenizers
+from lorakit.models.tensors import CheckpointTensors
+from lorakit.training.config import save_config
 from tests.helpers.ldm import write_ldm_checkpoint
+from tests.test_train_support import concept_run
 
 FAMILIES = [ModelFamily.SD15, ModelFamily.SDXL]
 
@@ -212,3 +218,85 @@ def test_folder_with_only_fp16_variant_files(
     base = load_base_model(folder)
     reference = load_base_model(folders[ModelFamily.SD15])
     assert torch.equal(base.unet.conv_in.weight, reference.unet.conv_in.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_load_equals_diffusers_from_single_file(
+    family: ModelFamily,
+    dtype: torch.dtype,
+    folders: dict[ModelFamily, Path],
+    ldm_files: dict[ModelFamily, Path],
+    offline: None,
+) -> None:
+    """Reading tensor by tensor and casting before converting changes no weight.
+
+    SDXL's OpenCLIP encoder is compared with the folder it was written from: diffusers
+    0.42's `from_single_file` leaves it unloaded under transformers 5 (random weights, its
+    `text_projection` on the meta device).
+    """
+    cls = StableDiffusionXLPipeline if family is ModelFamily.SDXL else StableDiffusionPipeline
+    file, folder = str(ldm_files[family]), str(folders[family])
+    reference = cls.from_single_file(file, config=folder, local_files_only=True, torch_dtype=dtype)
+    base = load_base_model(ldm_files[family], config=folders[family], dtype=dtype)
+    pairs = [(base.unet, reference.unet), (base.vae, reference.vae)]
+    pairs.append((base.text_encoders[0], reference.text_encoder))
+    if family is ModelFamily.SDXL:
+        written = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+        pairs.append((base.text_encoders[1], written.text_encoder_2.to(dtype)))
+    for ours, theirs in pairs:
+        ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+        assert ours_state.keys() == theirs_state.keys()
+        for key, value in theirs_state.items():
+            assert ours_state[key].dtype == dtype, key
+            assert torch.equal(ours_state[key], value), key
+
+
+def test_ckpt_views_read_from_their_storage_offsets(tmp_path: Path) -> None:
+    """`.ckpt` tensors can be slices, transposes or share one storage; each is read from its
+    own byte range of the zip, laid out by its strides."""
+    storage = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    tensors = {
+        "whole": storage,
+        "rows": storage[2:5],
+        "columns": storage[:, 3:7],
+        "transposed": storage.T,
+        "scalar": torch.tensor(7, dtype=torch.int64),
+        "half": torch.linspace(-1, 1, 9, dtype=torch.float16),
+    }
+    path = tmp_path / "views.ckpt"
+    torch.save({"state_dict": tensors}, path)
+    read = CheckpointTensors(path)
+    assert set(read) == set(tensors)
+    for key, value in tensors.items():
+        assert read[key].dtype == value.dtype, key
+        assert torch.equal(read[key], value), key
+
+
+def test_compressed_ckpt_zip_is_refused(tmp_path: Path) -> None:
+    plain, path = tmp_path / "plain.ckpt", tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64)}}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in source.infolist():
+            out.writestr(item.filename, source.read(item.filename))
+    with pytest.raises(LorakitError, match="a compressed zip") as caught:
+        CheckpointTensors(path)
+    assert str(path) in str(caught.value)
+
+
+def test_model_config_key_trains_a_file_of_another_size(
+    folders: dict[ModelFamily, Path],
+    ldm_files: dict[ModelFamily, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """docs/lora-files.md: a single file of another size takes `model.config`."""
+    path, folder = ldm_files[ModelFamily.SD15], folders[ModelFamily.SD15]
+    config, out = concept_run(tmp_path, path)
+    save_config(config, tmp_path / "run.toml")
+    assert main(["train", str(tmp_path / "run.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "UNet weights do not fit the model config" in err and "set model.config" in err
+    setting = f"model.config={json.dumps(str(folder))}"  # a TOML string
+    assert main(["train", str(tmp_path / "run.toml"), "--set", setting]) == 0
+    assert (out / "tiny.safetensors").is_file()

@@ -41,12 +41,12 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None
 
 
 def _launch(config: TrainConfig, tmp_path: Path) -> subprocess.Popen:
-    """`lorakit train run.toml` in a child process, stderr captured."""
+    """`lorakit train run.toml` in a child process, stdout and stderr captured."""
     save_config(config, tmp_path / "run.toml")
     return subprocess.Popen(
         [sys.executable, "-m", "lorakit", "train", str(tmp_path / "run.toml")],
         env=_env(),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -98,15 +98,15 @@ def test_ctrl_c_saves_state_and_the_current_lora(tiny_sd15_dir: Path, tmp_path: 
     try:
         _wait_for(lambda: any(out.glob("tiny-step*.safetensors")), proc)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        printed, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
-    # The settings are printed before training starts.
-    assert "adamw, unet lr 0.001, text encoder lr 0.0" in err
-    assert "total steps: 60" in err
+    # The settings are printed (a result: stdout) before training starts.
+    assert "adamw, unet lr 0.001, text encoder lr 0.0" in printed
+    assert "total steps: 60" in printed
     _, meta = load_lora_file(out / "tiny.safetensors")
     assert int(meta["ss_steps"]) < 60
     assert (out / "state" / "complete").is_file()
@@ -138,9 +138,6 @@ def test_two_process_cpu_run_through_accelerate_launch(tiny_sd15_dir: Path, tmp_
     summary = json.loads((out / "summary.json").read_text())
     # 4 images × 2 repeats / batch 2 = 4 batches per epoch, 2 per process.
     assert [e["step"] for e in summary["epochs"]] == [2, 4]
-    assert {p.name for p in (out / "state").glob("random_states_*.pkl")} == {
-        "random_states_0.pkl",
-        "random_states_1.pkl",
-    }
+    assert {p.name for p in (out / "state").glob("rng-*.json")} == {"rng-0.json", "rng-1.json"}
     state, _ = load_lora_file(out / "tiny.safetensors")
     assert any(float(t.abs().max()) > 0 for k, t in state.items() if "lora_up" in k)

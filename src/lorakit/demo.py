@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
 from lorakit.models.components import TINY_BASE_DIR
 from lorakit.synthetic import quality, recipe
+from lorakit.threads import torch_threads
 
 FAMILY = "tiny"
 
@@ -238,23 +238,6 @@ def compare(lora_dir: Path, options: DemoOptions) -> None:
     run_command("pick", lora_dir)
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one thread, then restore the setting.
-
-    The tiny model's tensors are too small to split: a second thread only adds waiting at
-    every operation, which made a step 9× slower on a busy 2-core machine.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
     out = options.out
@@ -262,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.until == "plan":
         print(f"\nStopped after plan. Everything is in {out.resolve()}")
         return 0
-    with one_thread():
+    with torch_threads(1):  # the tiny model: see lorakit.threads
         lora_dir = train_lora(run, out, options)
         if options.until == "train":
             print(f"\nStopped after training. Everything is in {out.resolve()}")
@@ -271,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("11. score: did the LoRA learn the subject, and only when asked?")
     score(lora_dir, options)  # batches of 24 prompts: here both cores help
     step("12. generate with the LoRA")
-    with one_thread():
+    with torch_threads(1):  # the tiny model: see lorakit.threads
         image = generate_one(lora_dir, out, options)
     print_results(lora_dir, image)
     return 0

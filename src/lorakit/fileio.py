@@ -1,12 +1,22 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written output behind."""
+"""Atomic file writes, and output places checked before any work is spent on them.
+
+A crash or Ctrl-C never leaves a half-written output behind: at worst a hidden temporary
+(`.<name>.<random>.tmp`, see `temp_target`) that the next run of the same command removes.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from lorakit.errors import LorakitError
+
+# `tempfile.mkstemp` names: the prefix, 8 random characters, the suffix.
+_TEMP = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def _umask() -> int:
@@ -44,3 +54,47 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def temp_target(path: Path) -> str | None:
+    """The file name an `atomic_path` temporary was for; None for any other file."""
+    match = _TEMP.fullmatch(path.name)
+    return match["target"] if match else None
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike[str], what: str) -> None:
+    """Raise a one-line `LorakitError` unless files can be written in `folder` (created as
+    needed), so a bad output place stops a command before it loads anything.
+
+    A probe file is created and removed in the nearest existing folder: permission bits
+    alone say nothing for root, and nothing else tells a read-only mount apart.
+    """
+    folder = Path(folder)
+    existing = _nearest_existing(folder.absolute())
+    if not existing.is_dir():
+        raise LorakitError(
+            f"{what} {folder}: {existing} is a file, not a folder; choose another {what}"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lorakit-probe-", dir=existing)
+    except OSError as exc:
+        raise LorakitError(
+            f"{what} {folder}: cannot write in {existing} ({exc.strerror}); "
+            f"choose a writable {what}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
+    """Like `check_writable_folder`, for an output file: it must not be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise LorakitError(f"{what} {path} is a folder; name a file, e.g. {path / 'out'}")
+    check_writable_folder(path.parent, what)

@@ -17,7 +17,8 @@ from diffusers import DiffusionPipeline
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
 
-from lorakit.models import BaseModel
+from lorakit.models import BaseModel, ModelFamily, empty_base_model
+from lorakit.network.tensorfile import Entry, write_streamed
 
 Renames = tuple[tuple[str, str], ...]
 Rule = tuple[str, str, Renames]  # diffusers prefix, LDM prefix, renames in the rest
@@ -207,3 +208,22 @@ def write_ldm_checkpoint(folder: Path, out: Path, family: str) -> Path:
     else:
         torch.save({"state_dict": state}, out)
     return out
+
+
+def write_random_ldm(
+    out: Path, family: str, dtype: torch.dtype = torch.float16, seed: int = 0
+) -> Path:
+    """A full-size `family` single file in the released key layout with random weights
+    (normal, std 0.02), written tensor by tensor so the model never sits in memory whole.
+
+    The keys and shapes come from the bundled configs on the meta device, so the file is
+    what `v1-5-pruned-emaonly` or `sd_xl_base_1.0` would be, values aside.
+    """
+    layout = base_ldm_state_dict(empty_base_model(ModelFamily(family)))
+    entries = [Entry(key, dtype, tuple(value.shape)) for key, value in layout.items()]
+    generator = torch.Generator().manual_seed(seed)
+    tensors = (
+        torch.empty(entry.shape, dtype=dtype).normal_(0.0, 0.02, generator=generator)
+        for entry in entries
+    )
+    return write_streamed(out, entries, tensors)

@@ -8,6 +8,7 @@ from typing import Any
 
 from lorakit.cli.common import arguments_for
 from lorakit.errors import LorakitError
+from lorakit.fileio import check_writable_folder
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(arg) for arg in args.lora]
     parse_prompt(args.prompt, args.lora_dir)
     init_image = _init_image(args.init_image)
+    check_writable_folder(args.out, "--out")
     options = GenerateOptions(**(arguments_for(GenerateOptions, args) | {"init_image": init_image}))
     base = load_for_inference(args.model, args.device)
     results = generate(base, options, loras=loras, lora_dir=args.lora_dir)

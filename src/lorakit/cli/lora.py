@@ -14,9 +14,12 @@ if TYPE_CHECKING:
 
     from lorakit.models import BaseModel
     from lorakit.network.summary import LoRASummary
+    from lorakit.network.svd import ModuleFit
     from lorakit.network.verify import VerifyReport
 
 FAMILIES = [family.value for family in ModelFamily]
+DTYPES = ["fp16", "bf16", "fp32"]
+DYNAMIC = ["sv_ratio", "sv_fro", "sv_cumulative"]
 _SHOWN_TAGS = 20
 
 
@@ -48,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--to", required=True, choices=["kohya", "diffusers"])
     convert.add_argument("--family", choices=FAMILIES, help="base family if it cannot be detected")
     convert.set_defaults(func=run_convert)
+    _register_tools(sub)
 
 
 def _print_summary(summary: LoRASummary, console: Console) -> None:
@@ -134,8 +138,136 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from lorakit.fileio import check_writable_file
     from lorakit.network.convert import convert_file
 
+    check_writable_file(args.output, "output")
     written = convert_file(args.input, args.output, args.to, args.family)
     print(f"wrote {written} ({args.to} format)")
+    return 0
+
+
+def _add_rank_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--rank/--conv-rank and sd-scripts' dynamic modes, shared by resize and merge."""
+    parser.add_argument(
+        "--rank", type=int, required=required, help="rank to keep (the largest, with --dynamic)"
+    )
+    parser.add_argument("--conv-rank", type=int, help="rank of 3×3 conv modules (default --rank)")
+    parser.add_argument(
+        "--dynamic",
+        choices=DYNAMIC,
+        help="choose each module's rank from its singular values, as sd-scripts does",
+    )
+    parser.add_argument(
+        "--param",
+        type=float,
+        help="sv_ratio: keep σ > σmax/X; sv_cumulative: Σσ ≥ X·total; sv_fro: kept norm ≥ X",
+    )
+
+
+def _register_tools(sub: argparse._SubParsersAction) -> None:
+    resize = sub.add_parser(
+        "resize", help="a LoRA at another rank (exact SVD per module, alpha keeps the scale)"
+    )
+    resize.add_argument("input", help="LoRA file to read")
+    resize.add_argument("output", help="LoRA file to write (.safetensors)")
+    _add_rank_options(resize, required=True)
+    resize.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: the input's)")
+    resize.add_argument("--json", action="store_true", help="print the kept norms as JSON")
+    resize.set_defaults(func=run_resize)
+
+    merge = sub.add_parser(
+        "merge",
+        help="LoRAs into a checkpoint (--model) or into one LoRA (ranks concatenated, or --rank)",
+        description="With --model, bake the LoRAs into the base and write it in the same layout "
+        "(a .safetensors file, or a new diffusers folder). Without it, merge the LoRAs into one: "
+        "ranks concatenated (exact), or resized to --rank by SVD.",
+    )
+    merge.add_argument(
+        "--lora", action="append", required=True, metavar="FILE[:WEIGHT]", help="a LoRA to merge"
+    )
+    merge.add_argument("--out", required=True, help="file (or folder, for a diffusers model)")
+    merge.add_argument("--model", help="base checkpoint: single file or diffusers folder")
+    _add_rank_options(merge, required=False)
+    merge.add_argument(
+        "--dtype", choices=DTYPES, help="dtype written (default: fp16 for a model, else the LoRA's)"
+    )
+    merge.add_argument("--json", action="store_true", help="print the kept norms as JSON")
+    merge.set_defaults(func=run_merge)
+
+    extract = sub.add_parser("extract", help="a LoRA from the difference of two checkpoints")
+    extract.add_argument("base", help="the original checkpoint")
+    extract.add_argument("tuned", help="the fine-tuned checkpoint")
+    extract.add_argument("output", help="LoRA file to write (.safetensors)")
+    extract.add_argument("--rank", type=int, required=True, help="rank of the LoRA")
+    extract.add_argument("--conv-rank", type=int, help="also extract 3×3 convs at this rank")
+    extract.add_argument(
+        "--min-diff",
+        type=float,
+        help="skip layers where no weight moved by more than this (default 1e-4)",
+    )
+    extract.add_argument("--dtype", choices=DTYPES, default="fp16", help="dtype (default fp16)")
+    extract.add_argument("--json", action="store_true", help="print the kept norms as JSON")
+    extract.set_defaults(func=run_extract)
+
+
+def _print_fits(fits: list[ModuleFit], output: str, as_json: bool, skipped: int = 0) -> None:
+    """Per-module and overall kept Frobenius norm (stdout), as text or JSON."""
+    from lorakit.network.svd import overall_fraction
+
+    overall = overall_fraction(fits)
+    if as_json:
+        modules = [asdict(fit) | {"fraction": fit.fraction} for fit in fits]
+        data = {"output": output, "overall": overall, "skipped": skipped, "modules": modules}
+        print(json.dumps(data, indent=2))
+        return
+    for fit in fits:
+        before = f"{fit.source_rank} → " if fit.source_rank is not None else ""
+        print(f"{fit.name}  rank {before}{fit.rank}  kept {fit.fraction:.2%}")
+    note = f", {skipped} unchanged layers skipped" if skipped else ""
+    print(f"kept {overall:.2%} of the Frobenius norm, {len(fits)} modules{note}; wrote {output}")
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    from lorakit.network.resize import resize_file
+
+    fits = resize_file(
+        args.input, args.output, args.rank, args.conv_rank, args.dynamic, args.param, args.dtype
+    )
+    _print_fits(fits, args.output, args.json)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from lorakit.inference.prompt import parse_lora_arg
+
+    loras = [(ref.path, ref.weight) for ref in map(parse_lora_arg, args.lora)]
+    if args.model is None:
+        from lorakit.network.merge import merge_loras
+
+        fits = merge_loras(
+            loras, args.out, args.rank, args.conv_rank, args.dynamic, args.param, args.dtype
+        )
+        if fits:
+            _print_fits(fits, args.out, args.json)
+        else:
+            print(f"wrote {args.out} (ranks concatenated: exact)")
+        return 0
+    from lorakit.errors import LorakitError
+    from lorakit.network.merge_checkpoint import merge_into_checkpoint
+
+    if args.rank is not None or args.conv_rank is not None or args.dynamic is not None:
+        raise LorakitError("--rank, --conv-rank and --dynamic size a merged LoRA; not with --model")
+    print(f"wrote {merge_into_checkpoint(args.model, loras, args.out, args.dtype or 'fp16')}")
+    return 0
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from lorakit.network.extract import extract_lora
+
+    threshold = {} if args.min_diff is None else {"min_diff": args.min_diff}
+    fits, skipped = extract_lora(
+        args.base, args.tuned, args.output, args.rank, args.conv_rank, dtype=args.dtype, **threshold
+    )
+    _print_fits(fits, args.output, args.json, skipped)
     return 0

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "grid",
     "pick",
     "pnginfo",
+    "ui",
 )
 
 

@@ -38,6 +38,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--resume", type=Path, metavar="STATE_DIR", help="continue from state/")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start anew in an output_dir that holds another run (its files move to "
+        "<output_dir>/.previous-<time>/, nothing is deleted)",
+    )
     parser.add_argument("--from-kohya", type=Path, metavar="FILE", help="import a kohya_ss JSON")
     parser.add_argument("--from-civitai", type=Path, metavar="FILE", help="import CivitAI JSON")
     parser.add_argument("--preset", choices=PRESET_TYPES, help="derive length/rank/LR by type")
@@ -69,16 +75,14 @@ def _imported(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], str 
     return data, notes, prompts
 
 
-def _with_prompts(config: TrainConfig, prompts: str | None, write: bool) -> TrainConfig:
-    """Name a file for imported inline sample prompts (written unless this is a dry run,
-    which must leave the disk as it was)."""
+def _with_prompts(config: TrainConfig, prompts: str | None) -> tuple[TrainConfig, str | None]:
+    """Name a file in the output folder for imported inline sample prompts; the text to
+    write there once the folder is claimed (a dry run or a refused run writes nothing)."""
     if not prompts or config.sampling.prompts:
-        return config
+        return config, None
     path = Path(config.saving.output_dir) / "sample_prompts.txt"
-    if write:
-        atomic_write_text(path, prompts.rstrip("\n") + "\n")
     sampling = config.sampling.model_copy(update={"prompts": str(path)})
-    return config.model_copy(update={"sampling": sampling})
+    return config.model_copy(update={"sampling": sampling}), prompts.rstrip("\n") + "\n"
 
 
 def _preset(config: TrainConfig, lora_type: str) -> tuple[TrainConfig, list[str]]:
@@ -95,9 +99,16 @@ def _preset(config: TrainConfig, lora_type: str) -> tuple[TrainConfig, list[str]
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
     """The run's config and the lines that explain where its values came from."""
+    config, lines, _ = _resolved(args)
+    return config, lines
+
+
+def _resolved(args: argparse.Namespace) -> tuple[TrainConfig, list[str], str | None]:
+    """`build_config`, plus the imported sample prompts still to be written."""
     if args.config is None and args.from_kohya is None and args.from_civitai is None:
         raise LorakitError("give a config file (lorakit train CONFIG.toml) or --from-kohya FILE")
     from lorakit.training.config import load_config
+    from lorakit.training.optim import optimizer_notes
 
     base, lines, prompts = _imported(args)
     sets = list(args.sets)
@@ -107,7 +118,9 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
     if args.preset:
         config, reasons = _preset(config, args.preset)
         lines += reasons
-    return _with_prompts(config, prompts, write=not args.dry_run), lines
+    lines += optimizer_notes(config)
+    config, prompt_text = _with_prompts(config, prompts)
+    return config, lines, prompt_text
 
 
 def _require(config: TrainConfig) -> None:
@@ -118,7 +131,7 @@ def _require(config: TrainConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config, lines = build_config(args)
+    config, lines, prompt_text = _resolved(args)
     _require(config)
     if args.dry_run:
         from lorakit.training.plan import dry_run
@@ -126,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
         for line in [*lines, *dry_run(config)]:
             print(line)
         return 0
-    from lorakit.training.loop import train
+    from lorakit.training.loop import train_from
+    from lorakit.training.rundir import prepare_run_folder
 
+    start = prepare_run_folder(config, args.resume, args.overwrite)
+    if prompt_text is not None and config.sampling.prompts:
+        atomic_write_text(config.sampling.prompts, prompt_text)
     for line in lines:
         print(line)
-    train(config, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    train_from(start, config, stop_after_epoch=args.stop_after_epoch)
     return 0

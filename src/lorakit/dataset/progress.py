@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import track as rich_track
+from lorakit.progress import task
 
 T = TypeVar("T")
 
 
 def track(items: Sequence[T], description: str) -> Iterator[T]:
-    """Iterate with a transient rich bar on stderr; silent when stderr is not a terminal.
-    A sequence, so the bar knows its length."""
-    console = Console(stderr=True)
-    yield from rich_track(
-        items,
-        description=description,
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
+    """Iterate with a transient bar on stderr; off a terminal, a line every 30 s of a slow
+    loop (none for a quick one). A sequence, so the bar knows its length."""
+    with task(description, total=len(items)) as advance:
+        for item in items:
+            yield item
+            advance()

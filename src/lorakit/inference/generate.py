@@ -28,6 +28,7 @@ from lorakit.inference.prompt import LoraRef, lora_tag, parse_prompt
 from lorakit.inference.samplers import canonical_sampler_name, make_scheduler
 from lorakit.inference.vae import decode_latents, encode_image
 from lorakit.models import BaseModel, file_hashes, load_base_model
+from lorakit.network.blocks import apply_multipliers
 from lorakit.network.lora import LoRANetwork
 
 
@@ -62,11 +63,14 @@ class Generated:
 
 @contextmanager
 def applied_loras(base: BaseModel, refs: Sequence[LoraRef]) -> Iterator[list[LoRANetwork]]:
-    """Inject each LoRA at its weight for the duration of the block, then restore the base."""
+    """Inject each LoRA at its weights (te, unet, blocks) for the duration of the block,
+    then restore the base."""
     networks: list[LoRANetwork] = []
     try:
         for ref in refs:
             networks.append(LoRANetwork.from_file(base, ref.path, ref.weight))
+            blocks = ref.block_weights
+            apply_multipliers(networks[-1], base.unet.config, ref.weight, ref.unet_weight, blocks)
         yield networks
     finally:
         for network in reversed(networks):

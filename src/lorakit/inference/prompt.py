@@ -12,19 +12,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.errors import LorakitError
+from lorakit.network.blocks import is_block_weights, parse_block_weights
 
 LORA_EXTS = (".safetensors",)
-# <lora:name>, <lora:name:0.8>; A1111 extensions add more fields after further colons.
-_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
+# <lora:name>, <lora:name:0.8>, <lora:name:TE:UNET>, <lora:name:0.8:lbw=OUTALL>, ...
+_TAG = re.compile(r"<lora:([^:>]+)((?::[^>]*)?)>", re.IGNORECASE)
+_NAMED_FIELDS = ("te", "unet", "lbw", "w")  # `w=` is the Block Weight extension's lbw=
 
 
 @dataclass(frozen=True)
 class LoraRef:
-    """One LoRA file applied at `weight` (the network multiplier)."""
+    """One LoRA file applied at `weight` (the network multiplier).
+
+    As in A1111, `weight` is the text encoders' multiplier and the UNet's unless `unet`
+    is given; `blocks` is the LoRA Block Weight extension's `lbw=` (a preset or a vector,
+    as written), which scales each UNet block (`lorakit.network.blocks`).
+    """
 
     name: str
     path: Path
     weight: float = 1.0
+    unet: float | None = None
+    blocks: str | None = None
+
+    @property
+    def unet_weight(self) -> float:
+        return self.weight if self.unet is None else self.unet
+
+    @property
+    def block_weights(self) -> tuple[float, ...] | None:
+        """The 26 block multipliers of `blocks` (None without lbw=)."""
+        if self.blocks is None:
+            return None
+        return parse_block_weights(self.blocks, f"the tag {lora_tag(self)}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,41 @@ def clean_prompt(text: str) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def _tag_fields(fields: list[str], where: str) -> dict[str, float | str | None]:
+    """A1111's `:TE:UNET` (or `te=`, `unet=`) and the Block Weight extension's `lbw=`.
+
+    As that extension does, a third field that is a preset or a vector is `lbw`, not the
+    UNet multiplier. A1111's fourth field (`dyn`, a rank cut) and the extension's start/stop
+    and element options are refused: lorakit would silently do something else.
+    """
+    named: dict[str, str] = {}
+    positional: list[str] = []
+    for field in fields:
+        key, equals, value = field.partition("=")
+        if equals:
+            named[key.strip().lower()] = value
+        else:
+            positional.append(field)
+    unknown = [key for key in named if key not in _NAMED_FIELDS] + positional[2:3]
+    if unknown:
+        raise LorakitError(
+            f"{unknown[0]!r} in {where} is not supported; lorakit reads <lora:name:TE:UNET> "
+            "with te=, unet= and lbw= (block weights)"
+        )
+    te, unet = [*positional, None, None][:2]
+    blocks = named.get("lbw", named.get("w"))
+    if unet is not None and blocks is None and is_block_weights(unet):
+        blocks, unet = unet, None
+    unet = named.get("unet", unet)
+    if blocks is not None:
+        parse_block_weights(blocks, where)
+    return {
+        "weight": parse_weight(named.get("te", te), where),
+        "unet": None if unet is None else parse_weight(unet, where),
+        "blocks": None if blocks is None else blocks.strip(),
+    }
+
+
 def parse_prompt(prompt: str, lora_dir: Path | None = None) -> ParsedPrompt:
     """Split `<lora:name:weight>` tags out of `prompt`, resolving names in `lora_dir`."""
     available = find_loras(lora_dir)
@@ -83,7 +138,7 @@ def parse_prompt(prompt: str, lora_dir: Path | None = None) -> ParsedPrompt:
         LoraRef(
             name=match.group(1).strip(),
             path=_resolve(match.group(1), available, lora_dir),
-            weight=parse_weight(match.group(2), f"tag {match.group(0)}"),
+            **_tag_fields(match.group(2).split(":")[1:], f"tag {match.group(0)}"),
         )
         for match in _TAG.finditer(prompt)
     ]
@@ -105,4 +160,6 @@ def parse_lora_arg(arg: str) -> LoraRef:
 
 def lora_tag(ref: LoraRef) -> str:
     """The A1111 tag for `ref`, so an infotext pasted into A1111 applies the same LoRA."""
-    return f"<lora:{ref.name}:{ref.weight:g}>"
+    unet = "" if ref.unet is None else f":unet={ref.unet:g}"
+    blocks = "" if ref.blocks is None else f":lbw={ref.blocks}"
+    return f"<lora:{ref.name}:{ref.weight:g}{unet}{blocks}>"

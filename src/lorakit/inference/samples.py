@@ -26,6 +26,7 @@ from lorakit.inference.generate import GenerateOptions, generation_info, render
 from lorakit.inference.metadata import save_png
 from lorakit.inference.samplers import canonical_sampler_name
 from lorakit.models.base import BaseModel
+from lorakit.progress import shown
 
 # sd-scripts' sampler names, so its prompt files and `--sample_sampler` values still work.
 SD_SCRIPTS_SAMPLERS = {
@@ -156,18 +157,23 @@ def generate_samples(
     """Render `prompts` with the LoRA networks now injected into `base`; return the PNGs.
 
     Training state is left as found: module train/eval flags are restored and the global
-    RNG is forked, so sampling does not change the training run's random stream.
+    RNG is forked, so sampling does not change the training run's random stream. Each
+    prompt and its denoising steps show as progress: on a CPU a full-size image takes
+    minutes.
     """
     device = torch.device(device)
     low_precision = device.type == "cuda" and base.unet.dtype != torch.float32
     rng_devices = [device] if device.type == "cuda" else []
     paths: list[Path] = []
-    with torch.random.fork_rng(devices=rng_devices), eval_mode(base):
+    with torch.random.fork_rng(devices=rng_devices), eval_mode(base), shown() as board:
+        samples = board.add_task("samples", total=len(prompts))
         for index, sample in enumerate(prompts):
             seed = sample.seed if sample.seed is not None else DEFAULT_SEED + index
             options = dataclasses.replace(sample, sampler=sampler_name(sample.sampler), batch=1)
             with torch.autocast(device.type, dtype=base.unet.dtype, enabled=low_precision):
-                image = render(base, options, seed)[0]
+                image = render(base, options, seed, board)[0]
             path = Path(out_dir) / sample_file_name(name, epoch, step, index)
             paths.append(save_png(image, path, generation_info(base, options, seed)))
+            board.advance(samples)
+        board.remove_task(samples)
     return paths

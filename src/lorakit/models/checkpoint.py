@@ -14,11 +14,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from lorakit.errors import LorakitError
+from lorakit.progress import task
 
 SAFETENSORS_EXTS = {".safetensors"}
 PICKLE_EXTS = {".ckpt", ".pt", ".pth"}
@@ -40,34 +38,12 @@ def check_checkpoint_path(path: Path) -> None:
         )
 
 
-def _safetensors_error(path: Path, exc: Exception) -> LorakitError:
+def safetensors_error(path: Path, exc: Exception) -> LorakitError:
+    """The one-line error for a .safetensors file that safetensors cannot open."""
     return LorakitError(
         f"{path}: not a readable safetensors file ({brief(exc)}); the file is truncated, corrupt "
         "or not a checkpoint: download it again"
     )
-
-
-def read_keys(path: Path) -> list[str]:
-    """The tensor names of a checkpoint; cheap for safetensors (the header only)."""
-    check_checkpoint_path(path)
-    if path.suffix.lower() in SAFETENSORS_EXTS:
-        try:
-            with safe_open(path, framework="pt") as handle:
-                return list(handle.keys())
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _safetensors_error(path, exc) from None
-    return list(read_state_dict(path))
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a single-file checkpoint, on the CPU."""
-    check_checkpoint_path(path)
-    if path.suffix.lower() in SAFETENSORS_EXTS:
-        try:
-            return load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise _safetensors_error(path, exc) from None
-    return _read_pickle_checkpoint(path)
 
 
 def brief(exc: Exception) -> str:
@@ -76,7 +52,12 @@ def brief(exc: Exception) -> str:
     return lines[0][:120]
 
 
-def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def torch_load(path: Path, **options: object) -> dict[str, torch.Tensor]:
+    """The tensors of a `.ckpt`'s state dict, through `torch.load(weights_only=True)`.
+
+    `options` go to torch.load; `map_location="meta"` reads no tensor data (names, shapes
+    and file offsets only: `lorakit.models.tensors` reads the data itself).
+    """
     # Every torch.save since 1.6 writes a zip; anything else is damaged or not a checkpoint,
     # and must not reach the unpickler (whose complaint would blame code execution).
     if not zipfile.is_zipfile(path):
@@ -85,7 +66,7 @@ def _read_pickle_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             "corrupt or not a checkpoint: download it again"
         )
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, weights_only=True, **{"map_location": "cpu", **options})
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" (it imports {found.group(1)})" if found else ""
@@ -117,11 +98,11 @@ def file_hashes(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise LorakitError(f"{path}: not a file; hashes are computed for checkpoint files")
     digest = hashlib.sha256()
-    with Progress(transient=True) as progress, path.open("rb") as handle:
-        task = progress.add_task(f"hashing {path.name}", total=path.stat().st_size)
+    size = path.stat().st_size / _HASH_CHUNK
+    with task(f"hashing {path.name}", total=size, unit="MiB") as advance, path.open("rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
-            progress.advance(task, len(chunk))
+            advance(len(chunk) / _HASH_CHUNK)
     sha256 = digest.hexdigest()
     with path.open("rb") as handle:
         handle.seek(_LEGACY_OFFSET)

@@ -3,20 +3,24 @@
 Single files are told apart by their text-encoder keys, which differ between SD1.5
 (`cond_stage_model.transformer.*`), SDXL base (`conditioner.embedders.0.transformer.*` and
 `conditioner.embedders.1.model.*`), SD2.x (`cond_stage_model.model.*`) and the SDXL refiner
-(`conditioner.embedders.0.model.*` only). SD2.x, the refiner and v-prediction models are
-out of scope: they are named in the error so the user knows why, instead of failing later.
+(`conditioner.embedders.0.model.*` only), and then by the UNet's input channels: 4 for
+text-to-image models, 9 for inpainting (latents, mask, masked image), 8 for
+instruct-pix2pix. Only the header is read (names and shapes), so a dry run is cheap on any
+file. lorakit trains LoRAs on the text-to-image SD1.5 and SDXL bases; every other kind is
+named in a one-line error, with what to use instead, before anything is loaded.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from lorakit.errors import LorakitError
 from lorakit.models.base import ModelFamily
-from lorakit.models.checkpoint import read_keys
 from lorakit.models.components import read_json, read_scheduler_config
+from lorakit.models.tensors import read_index
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -25,11 +29,22 @@ SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 SD2_TE_PREFIX = "cond_stage_model.model."
 REFINER_TE_PREFIX = "conditioner.embedders.0.model."
+CONV_IN_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 V_PREDICTION_KEY = "v_pred"  # the marker ComfyUI and A1111 read in v-prediction SDXL files
 
 # model_index.json key naming a lorakit family the UNet config alone cannot tell apart.
 TINY_MARKER = "_lorakit_family"
-SUPPORTED = "lorakit supports SD1.5 and SDXL base (epsilon-prediction) models"
+SUPPORTED = "lorakit trains LoRAs on text-to-image SD1.5 and SDXL base models"
+TEXT_TO_IMAGE_CHANNELS = 4
+VARIANTS = {9: "inpainting", 8: "instruct-pix2pix"}
+FAMILY_NAMES = {ModelFamily.SD15: "SD1.5", ModelFamily.SDXL: "SDXL"}
+
+
+class Shaped(Protocol):
+    """A tensor or a header entry: anything with a shape."""
+
+    @property
+    def shape(self) -> Sequence[int]: ...
 
 
 def _has(keys: Iterable[str], prefix: str) -> bool:
@@ -45,35 +60,68 @@ def _describe(keys: list[str]) -> str:
     return f"{len(keys)} tensors: {listed}"
 
 
-def family_from_keys(keys: list[str], path: Path) -> ModelFamily:
-    """The family of a single-file checkpoint with tensor names `keys` (read from `path`)."""
+def _refuse_other_models(keys: list[str], path: Path) -> None:
+    """SD2.x, the SDXL refiner and v-prediction files, told by their keys alone."""
     if _has(keys, SD2_TE_PREFIX):
-        raise LorakitError(f"{path}: an SD2.x checkpoint (OpenCLIP ViT-H); {SUPPORTED}")
+        raise LorakitError(
+            f"{path}: an SD2.x checkpoint (OpenCLIP ViT-H text encoder, {SD2_TE_PREFIX}*); "
+            f"{SUPPORTED}: use an SD1.5 or SDXL base model"
+        )
     if _has(keys, REFINER_TE_PREFIX) and not _has(keys, SDXL_TE1_PREFIX):
-        raise LorakitError(f"{path}: an SDXL refiner checkpoint; {SUPPORTED}")
+        raise LorakitError(
+            f"{path}: an SDXL refiner checkpoint (one OpenCLIP ViT-bigG text encoder, "
+            f"{REFINER_TE_PREFIX}* only); {SUPPORTED}: use SDXL base 1.0"
+        )
     if V_PREDICTION_KEY in keys:
-        raise LorakitError(f"{path}: a v-prediction checkpoint; {SUPPORTED}")
+        raise LorakitError(
+            f"{path}: a v-prediction checkpoint (it holds the {V_PREDICTION_KEY!r} marker); "
+            f"{SUPPORTED} (epsilon prediction): use the base model it was tuned from"
+        )
+
+
+def refuse_variant(family: ModelFamily, channels: int, source: Path) -> None:
+    """A UNet that takes more than the 4 latent channels is an inpainting or editing model."""
+    if channels == TEXT_TO_IMAGE_CHANNELS:
+        return
+    kind = VARIANTS.get(channels, "image-conditioned")
+    raise LorakitError(
+        f"{source}: an {FAMILY_NAMES[family]} {kind} checkpoint ({channels}-channel conv_in, "
+        f"{TEXT_TO_IMAGE_CHANNELS} for text-to-image); {SUPPORTED}: use the base model it "
+        "was made from"
+    )
+
+
+def family_from_keys(tensors: Mapping[str, Shaped], path: Path) -> ModelFamily:
+    """The family of a single-file checkpoint whose tensors (or header entries) are `tensors`,
+    read from `path`; a one-line LorakitError for any model lorakit does not train on."""
+    keys = list(tensors)
+    _refuse_other_models(keys, path)
     if not (_has(keys, UNET_PREFIX) and _has(keys, VAE_PREFIX)):
         raise LorakitError(
             f"{path}: not an SD1.5/SDXL checkpoint with UNet and VAE ({_describe(keys)}); "
             "give a full base model, not a LoRA, VAE or UNet alone"
         )
     if _has(keys, SDXL_TE1_PREFIX) and _has(keys, SDXL_TE2_PREFIX):
-        return ModelFamily.SDXL
-    if _has(keys, SD15_TE_PREFIX):
-        return ModelFamily.SD15
-    raise LorakitError(
-        f"{path}: unknown checkpoint, no SD1.5 or SDXL text encoder ({_describe(keys)}); "
-        f"{SUPPORTED}"
-    )
+        family = ModelFamily.SDXL
+    elif _has(keys, SD15_TE_PREFIX):
+        family = ModelFamily.SD15
+    else:
+        raise LorakitError(
+            f"{path}: unknown checkpoint, no SD1.5 or SDXL text encoder ({_describe(keys)}); "
+            f"{SUPPORTED}"
+        )
+    conv_in = tensors.get(CONV_IN_KEY)
+    if conv_in is not None and len(conv_in.shape) == 4:
+        refuse_variant(family, conv_in.shape[1], path)
+    return family
 
 
 def family_from_folder(folder: Path) -> ModelFamily:
     """The family of a diffusers folder, from model_index.json and the UNet config.
 
     Sizes cannot decide it (the tiny test models are SD-shaped at any width), so the
-    pipeline class and SDXL's text-time conditioning do, and SD2's 1024-wide
-    cross-attention is refused.
+    pipeline class and SDXL's text-time conditioning do; SD2's 1024-wide cross-attention
+    and UNets with more than 4 input channels (inpainting, pix2pix) are refused.
     """
     index = read_json(folder / "model_index.json")
     unet = read_json(folder / "unet" / "config.json")
@@ -81,15 +129,30 @@ def family_from_folder(folder: Path) -> ModelFamily:
     if index.get(TINY_MARKER) == ModelFamily.TINY.value:
         return ModelFamily.TINY
     if read_scheduler_config(folder).get("prediction_type") == "v_prediction":
-        raise LorakitError(f"{folder}: a v-prediction model; {SUPPORTED}")
+        raise LorakitError(f"{folder}: a v-prediction model; {SUPPORTED} (epsilon prediction)")
     if unet.get("addition_embed_type") == "text_time":
         if "text_encoder" not in index or "text_encoder_2" not in index:
-            raise LorakitError(f"{folder}: an SDXL refiner ({pipeline}); {SUPPORTED}")
-        return ModelFamily.SDXL
+            raise LorakitError(
+                f"{folder}: an SDXL refiner ({pipeline}); {SUPPORTED}: use SDXL base 1.0"
+            )
+        family = ModelFamily.SDXL
+    else:
+        family = _text_to_image_family(folder, index, unet, pipeline)
+    refuse_variant(family, int(unet.get("in_channels", TEXT_TO_IMAGE_CHANNELS)), folder)
+    return family
+
+
+def _text_to_image_family(
+    folder: Path, index: dict[str, object], unet: dict[str, object], pipeline: str
+) -> ModelFamily:
+    """A folder without SDXL's text-time conditioning: SD1.5, or a model lorakit refuses."""
     if "StableDiffusionXL" in pipeline:
         raise LorakitError(f"{folder}: {pipeline} without SDXL text-time conditioning; {SUPPORTED}")
     if unet.get("cross_attention_dim") == 1024:
-        raise LorakitError(f"{folder}: an SD2.x model (1024-wide cross-attention); {SUPPORTED}")
+        raise LorakitError(
+            f"{folder}: an SD2.x model (1024-wide cross-attention); {SUPPORTED}: use an SD1.5 "
+            "or SDXL base model"
+        )
     if "text_encoder" not in index:
         raise LorakitError(
             f"{folder}: no text_encoder in model_index.json ({pipeline}); {SUPPORTED}"
@@ -116,4 +179,4 @@ def detect_family(path: str | Path) -> ModelFamily:
                 "or a .safetensors checkpoint"
             )
         return family_from_folder(path)
-    return family_from_keys(read_keys(path), path)
+    return family_from_keys(read_index(path), path)

@@ -2,15 +2,24 @@
 
 Single files are converted with diffusers' own LDM→diffusers functions
 (`diffusers.loaders.single_file_utils`) into modules built from a diffusers-layout config
-folder: the bundled full-size one of the detected family by default, or `config=` for a
-checkpoint of another size (head counts cannot be read from tensor shapes, so the shapes
-alone cannot describe a model). Loading is strict: a checkpoint that does not fit the
-config fails with a one-line error instead of leaving random or meta weights behind.
+folder: the bundled full-size one of the detected family by default, or `config=`
+(`model.config` in a training config) for a checkpoint of another size (head counts cannot
+be read from tensor shapes, so the shapes alone cannot describe a model). Loading is
+strict: a checkpoint that does not fit the config fails with a one-line error instead of
+leaving random or meta weights behind.
+
+Memory: the file is never held whole. Component by component (UNet, VAE, each text
+encoder), the converter is handed a lazy view of the file (`CheckpointTensors`, `_Part`)
+and reads each tensor once, cast to the target dtype as it arrives; the converted state
+dict holds those very tensors (renamed, viewed, sliced), and `load_state_dict(assign=True)`
+hands them to modules built on the meta device. So the peak is the weights in the target
+dtype plus about one tensor. Casting before converting gives the same weights as
+converting first: the converters only rename, view, slice, clone and transpose.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -23,11 +32,10 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from rich.progress import Progress
 
 from lorakit.errors import LorakitError
 from lorakit.models.base import BaseModel, ModelFamily
-from lorakit.models.checkpoint import brief, read_state_dict
+from lorakit.models.checkpoint import brief
 from lorakit.models.components import (
     TEXT_ENCODERS,
     assemble_base_model,
@@ -36,16 +44,26 @@ from lorakit.models.components import (
     text_encoder_config,
 )
 from lorakit.models.family import (
+    SD15_TE_PREFIX,
     SDXL_TE1_PREFIX,
     SDXL_TE2_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
     detect_family,
     family_from_keys,
     parse_family,
 )
+from lorakit.models.tensors import CheckpointTensors
+from lorakit.progress import task
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 StateDict = dict[str, torch.Tensor]
 TextEncoder = torch.nn.Module
+# Where each text encoder of a single file keeps its weights, in BaseModel.text_encoders order.
+TEXT_ENCODER_PREFIXES = {
+    ModelFamily.SD15: (SD15_TE_PREFIX,),
+    ModelFamily.SDXL: (SDXL_TE1_PREFIX, SDXL_TE2_PREFIX),
+}
 
 
 def _check_dtype(dtype: torch.dtype, path: Path) -> None:
@@ -85,11 +103,14 @@ def load_base_model(
     if path.is_dir():
         resolved = _resolve_family(path, detect_family(path), family)
         return _load_folder(path, resolved, dtype)
-    state = read_state_dict(path)
-    resolved = _resolve_family(path, family_from_keys(list(state), path), family)
-    config_dir = Path(config) if config is not None else bundled_config_dir(resolved)
+    state = CheckpointTensors(path, dtype)  # the header only, so far
+    resolved = _resolve_family(path, family_from_keys(state.index, path), family)
+    config_dir = Path(config).expanduser() if config is not None else bundled_config_dir(resolved)
     if not (config_dir / "unet" / "config.json").is_file():
-        raise LorakitError(f"{config_dir}: not a diffusers config folder (no unet/config.json)")
+        raise LorakitError(
+            f"{config_dir}: not a diffusers config folder (no unet/config.json); point "
+            "model.config at a diffusers model folder of the checkpoint's architecture"
+        )
     return load_single_file_state(path, state, resolved, config_dir, dtype)
 
 
@@ -141,25 +162,49 @@ def _mismatch(expected: StateDict, weights: StateDict) -> str:
     )
 
 
+class _Part(Mapping[str, torch.Tensor]):
+    """The tensors of `state` under `prefix`, floating-point ones in `dtype`, each read
+    only when a converter asks for it.
+
+    The converters read every key once; lazily, a tensor they slice and clone (OpenCLIP's
+    fused q/k/v `in_proj`) is dropped as soon as its pieces exist, instead of all of them
+    staying alive beside their copies until the conversion ends.
+    """
+
+    def __init__(self, state: Mapping[str, torch.Tensor], prefix: str, dtype: torch.dtype):
+        self._state, self._dtype = state, dtype
+        self._keys = {key: None for key in state if key.startswith(prefix)}  # ordered set
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        tensor = self._state[key]
+        return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def _fill(
-    path: Path,
-    what: str,
-    build: Callable[[], torch.nn.Module],
-    weights: StateDict,
-    dtype: torch.dtype,
+    path: Path, what: str, build: Callable[[], torch.nn.Module], weights: StateDict
 ) -> torch.nn.Module:
-    """Build `what` without allocating, then assign `weights` strictly in `dtype`."""
+    """Build `what` without allocating, then hand it `weights` (no copy), strictly."""
     with init_empty_weights():
         module = build()
     problems = _mismatch(module.state_dict(), weights)
     if problems:
         raise LorakitError(
             f"{path}: its {what} weights do not fit the model config: {problems}; the file is "
-            "damaged or of another size (pass config=<diffusers folder of its architecture>)"
+            "damaged or of another size (set model.config, or config=, to a diffusers folder "
+            "of its architecture)"
         )
-    module.load_state_dict(
-        {key: value.to(dtype) for key, value in weights.items()}, strict=True, assign=True
-    )
+    module.load_state_dict(weights, strict=True, assign=True)
     return module
 
 
@@ -174,64 +219,76 @@ def _convert(path: Path, what: str, convert: Callable[[], StateDict]) -> StateDi
         ) from None
 
 
-def _unet(path: Path, state: StateDict, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+def _unet(
+    path: Path, state: Mapping[str, torch.Tensor], folder: Path, dtype: torch.dtype
+) -> torch.nn.Module:
     config = UNet2DConditionModel.load_config(folder / "unet")
-    weights = _convert(path, "UNet", partial(convert_ldm_unet_checkpoint, state, config))
-    return _fill(path, "UNet", partial(UNet2DConditionModel.from_config, config), weights, dtype)
+    part = _Part(state, UNET_PREFIX, dtype)
+    weights = _convert(path, "UNet", partial(convert_ldm_unet_checkpoint, part, config))
+    return _fill(path, "UNet", partial(UNet2DConditionModel.from_config, config), weights)
 
 
-def _vae(path: Path, state: StateDict, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+def _vae(
+    path: Path, state: Mapping[str, torch.Tensor], folder: Path, dtype: torch.dtype
+) -> torch.nn.Module:
     config = AutoencoderKL.load_config(folder / "vae")
-    weights = _convert(path, "VAE", partial(convert_ldm_vae_checkpoint, state, config))
-    return _fill(path, "VAE", partial(AutoencoderKL.from_config, config), weights, dtype)
+    part = _Part(state, VAE_PREFIX, dtype)
+    weights = _convert(path, "VAE", partial(convert_ldm_vae_checkpoint, part, config))
+    return _fill(path, "VAE", partial(AutoencoderKL.from_config, config), weights)
 
 
 def _text_encoder_weights(
-    state: StateDict, family: ModelFamily, index: int, model: torch.nn.Module
+    part: Mapping[str, torch.Tensor], prefix: str, model: torch.nn.Module
 ) -> StateDict:
-    """Diffusers/transformers keys for text encoder `index` of a single file."""
-    if family is ModelFamily.SDXL and index == 1:
-        weights = convert_open_clip_checkpoint(model, state, prefix=SDXL_TE2_PREFIX)
+    """Diffusers/transformers keys for the text encoder whose LDM keys are `part`."""
+    if prefix == SDXL_TE2_PREFIX:
+        weights = convert_open_clip_checkpoint(model, part, prefix=prefix)
     else:
-        only = {k: v for k, v in state.items() if k.startswith(SDXL_TE1_PREFIX)} or state
-        weights = convert_ldm_clip_checkpoint(only)
+        weights = convert_ldm_clip_checkpoint(part)
     weights = {k: v for k, v in weights.items() if not k.endswith("position_ids")}
     if not hasattr(model, "text_model"):  # transformers 5 flattened CLIPTextModel
         weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
     return weights
 
 
-def _text_encoders(
-    path: Path, state: StateDict, family: ModelFamily, folder: Path, dtype: torch.dtype
-) -> list[TextEncoder]:
-    encoders = []
-    for index, (subfolder, cls) in enumerate(TEXT_ENCODERS[family]):
-        build = partial(cls, text_encoder_config(folder, subfolder))
-        with init_empty_weights():
-            skeleton = build()
-        what = f"text encoder {index + 1}"
-        weights = _convert(
-            path, what, partial(_text_encoder_weights, state, family, index, skeleton)
-        )
-        encoders.append(_fill(path, what, build, weights, dtype))
-    return encoders
+def _text_encoder(
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    index: int,
+    family: ModelFamily,
+    folder: Path,
+    dtype: torch.dtype,
+) -> TextEncoder:
+    subfolder, cls = TEXT_ENCODERS[family][index]
+    prefix = TEXT_ENCODER_PREFIXES[family][index]
+    build = partial(cls, text_encoder_config(folder, subfolder))
+    with init_empty_weights():
+        skeleton = build()
+    what = f"text encoder {index + 1}"
+    part = _Part(state, prefix, dtype)
+    weights = _convert(path, what, partial(_text_encoder_weights, part, prefix, skeleton))
+    return _fill(path, what, build, weights)
 
 
 def load_single_file_state(
-    path: Path, state: StateDict, family: ModelFamily, config_dir: Path, dtype: torch.dtype
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    family: ModelFamily,
+    config_dir: Path,
+    dtype: torch.dtype,
 ) -> BaseModel:
-    """A BaseModel from an LDM-layout state dict already read from `path`.
-
-    Works on meta tensors too, which lets the full-size layouts be checked without memory.
-    """
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"loading {path.name}", total=3)
+    """A BaseModel from the LDM-layout tensors of `path` (`state`: a `CheckpointTensors`
+    reading the file, or any mapping, e.g. of meta tensors to check a layout for free)."""
+    count = len(TEXT_ENCODERS[family])
+    with task(f"loading {path.name}", total=2 + count, unit="parts") as advance:
         unet = _unet(path, state, config_dir, dtype)
-        progress.advance(task)
+        advance()
         vae = _vae(path, state, config_dir, dtype)
-        progress.advance(task)
-        text_encoders = _text_encoders(path, state, family, config_dir, dtype)
-        progress.advance(task)
+        advance()
+        text_encoders = []
+        for index in range(count):
+            text_encoders.append(_text_encoder(path, state, index, family, config_dir, dtype))
+            advance()
     scheduler_dir = (
         config_dir if (config_dir / "scheduler").is_dir() else bundled_config_dir(family)
     )

@@ -24,7 +24,7 @@ from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
 from lorakit.network.lora import all_sites, config_from_dims
 from lorakit.network.metadata import lora_metadata
-from lorakit.network.naming import Site, site_index
+from lorakit.network.naming import UNET_PART, Site, site_index
 
 _DIFFUSERS_SUFFIXES = {
     ".lora_A.weight": "down",
@@ -41,7 +41,12 @@ def family_sites(family: ModelFamily) -> tuple[Site, ...]:
 
 
 def _diffusers_key(site: Site) -> str:
-    return f"{site.part}.{site.path}"
+    """`unet.<path>`, and for the text encoders `text_encoder.text_model.<path>`: the
+    transformers 4 spelling, which diffusers 0.35 with transformers 4.57 needs (without
+    the level its `get_peft_kwargs` fails with an IndexError) and newer stacks accept."""
+    if site.part == UNET_PART:
+        return f"{site.part}.{site.path}"
+    return f"{site.part}.text_model.{site.path.removeprefix('text_model.')}"
 
 
 def _strip_text_level(module_key: str) -> str:

@@ -19,15 +19,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from lorakit.fileio import atomic_path
 from lorakit.models import BaseModel
-from lorakit.training.data import TrainItem, load_pixels
+from lorakit.progress import task
+from lorakit.training.data import Items, TrainItem, load_pixels
 from lorakit.training.text import encode
 
 LatentKey = tuple[int, bool]
+TEXT_BATCH = 8
 
 
 @torch.no_grad()
@@ -62,18 +63,18 @@ class LatentCache:
         pixels = load_pixels(self.items[key[0]], key[1], color_seed).unsqueeze(0)
         return encode_latents(self.base, pixels)[0]
 
-    def fill(self, keys: Iterable[LatentKey], progress: Progress | None = None) -> None:
-        """Encode every key not cached yet (with a progress bar: this is the slow part)."""
+    def fill(self, keys: Iterable[LatentKey]) -> None:
+        """Encode every key not cached yet (with progress: a full-size VAE on a CPU takes
+        seconds per image)."""
         if self.mode == "none":
             return
         todo = [k for k in dict.fromkeys(keys) if not self._has(k)]
-        task = progress.add_task("caching latents", total=len(todo)) if progress else None
-        for key in todo:
-            self._put(key, self._encode(key).cpu())
-            if progress is not None and task is not None:
-                progress.advance(task)
-        if progress is not None and task is not None:
-            progress.remove_task(task)
+        if not todo:
+            return
+        with task("caching latents", total=len(todo)) as advance:
+            for key in todo:
+                self._put(key, self._encode(key).cpu())
+                advance()
 
     def _has(self, key: LatentKey) -> bool:
         return key in self.memory if self.mode == "memory" else self._path(key).is_file()
@@ -101,16 +102,38 @@ class TextCache:
         self.store: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     @torch.no_grad()
+    def fill(self, captions: Iterable[str]) -> None:
+        """Encode every caption up front, with progress, in batches of `TEXT_BATCH`."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self.store]
+        if not missing:
+            return
+        with task("caching text", total=len(missing)) as advance:
+            for start in range(0, len(missing), TEXT_BATCH):
+                chunk = missing[start : start + TEXT_BATCH]
+                self._store(chunk)
+                advance(len(chunk))
+
+    def _store(self, captions: list[str]) -> None:
+        hidden, pooled = self.encode_fn(captions)
+        for i, caption in enumerate(captions):
+            self.store[caption] = (hidden[i], None if pooled is None else pooled[i])
+
+    @torch.no_grad()
     def get(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         missing = [c for c in dict.fromkeys(captions) if c not in self.store]
         if missing:
-            hidden, pooled = self.encode_fn(missing)
-            for i, caption in enumerate(missing):
-                self.store[caption] = (hidden[i], None if pooled is None else pooled[i])
+            self._store(missing)
         rows = [self.store[c] for c in captions]
         hidden = torch.stack([r[0] for r in rows])
         pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
         return hidden, pooled
+
+
+def fixed_captions(items: Items, caption_dropout: float) -> list[str]:
+    """Every caption a run with fixed captions encodes: each item's, and the empty one
+    that caption dropout swaps in."""
+    captions = [it.caption for it in [*items.all, *items.validation]]
+    return [*captions, ""] if caption_dropout > 0 else captions
 
 
 def text_encoder(base: BaseModel, clip_skip: int, device: torch.device):

@@ -1,25 +1,21 @@
-"""The run folder: epoch files, the last file, `state/` for exact resume, `summary.json`.
+"""The run folder's files: epoch files, the last file, `summary.json`, the run's counters.
 
 Every file is written atomically, so a run killed at any moment (even SIGKILL) leaves
-only complete files behind: LoRA files via `LoRANetwork.save`, the state folder by
-writing a fresh folder and swapping it in, JSON and TOML via `lorakit.fileio`.
+only complete files behind: LoRA files via `LoRANetwork.save`, JSON and TOML via
+`lorakit.fileio`; `state/` (for `--resume`) lives in `lorakit.training.state`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
 
 SUMMARY = "summary.json"
-STATE = "state"
 
 
 def epoch_file(out: Path, name: str, epoch: int) -> Path:
@@ -59,21 +55,9 @@ def prune(out: Path, name: str, keep_last: int | None) -> list[Path]:
     return removed
 
 
-class LoRAState:
-    """Adapter so accelerate's `save_state` stores the LoRA weights in full precision."""
-
-    def __init__(self, network: Any):
-        self.network = network
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.network.kohya_state_dict(dtype=torch.float32)
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.network.load_kohya_state_dict(state, strict=True)
-
-
 class Progress:
-    """Counters that must survive a resume: epoch, step, and the per-epoch loss sums."""
+    """Counters that must survive a resume: epoch, step, the per-epoch loss sums, and
+    whether the run is finished (a resume of a finished run has nothing to do)."""
 
     def __init__(self) -> None:
         self.epoch = 1
@@ -81,6 +65,7 @@ class Progress:
         self.epoch_batches = 0
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.finished = False
 
     def state_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -88,38 +73,6 @@ class Progress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-def save_state(accelerator: Any, out: Path) -> Path:
-    """Write `out/state` via accelerate (optimizer, scheduler, RNG, LoRA, counters).
-
-    The new state goes to a hidden sibling folder first and replaces the old one by
-    rename, so a crash mid-save keeps the previous complete state.
-    """
-    target = out / STATE
-    fresh, old = out / ".state-new", out / ".state-old"
-    if accelerator.is_main_process:
-        shutil.rmtree(fresh, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(fresh))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (fresh / "complete").write_text("ok\n")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        fresh.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return target
-
-
-def check_state(path: Path) -> Path:
-    if not (path / "complete").is_file():
-        raise LorakitError(
-            f"{path}: not a complete lorakit state folder; pass the run's state/ folder"
-        )
-    return path
 
 
 def read_summary(out: Path) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class Section(BaseModel):
 class ModelSection(Section):
     path: str = ""
     family: Literal["sd15", "sdxl", "tiny"] | None = None
+    config: str | None = None
+    """A diffusers model folder whose configs describe a single file of another size
+    (default: lorakit's bundled SD1.5/SDXL configs). Only its *config.json files are read."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Frozen-weight dtype; "auto" follows `training.mixed_precision`."""
 
@@ -114,6 +117,10 @@ class OptimizerSection(Section):
 class SchedulerSection(Section):
     name: SchedulerName = "cosine"
     warmup_steps: int = Field(default=0, ge=0)
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Warmup as a fraction of the run's total steps (kohya_ss' "LR warmup %" / 100): the
+    count is only known once the dataset is planned, so `with_warmup_steps` turns it into
+    `warmup_steps` and the run's config.toml records the steps."""
     num_cycles: int = Field(default=1, ge=1)
     power: float = Field(default=1.0, gt=0.0)
 
@@ -136,6 +143,8 @@ class TrainingSection(Section):
     prediction: Literal["auto", "epsilon", "v_prediction"] = "auto"
     log_every_n_steps: int = Field(default=10, ge=1)
     """How often the loss is read back from the device (each read is a host sync)."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """Torch threads on a machine without CUDA; unset: `lorakit.threads`' rule decides."""
 
 
 class SavingSection(Section):
@@ -184,6 +193,16 @@ class TrainConfig(Section):
         values = value if isinstance(value, list) else [value]
         return values * count if len(values) == 1 else values[:count]
 
+    def with_warmup_steps(self, total_steps: int) -> TrainConfig:
+        """The same config with `scheduler.warmup_ratio` turned into steps of a run of
+        `total_steps`, rounded as kohya_ss rounds its warmup percentage."""
+        sched = self.scheduler
+        if not sched.warmup_ratio:
+            return self
+        steps = round(sched.warmup_ratio * total_steps)
+        warmup = sched.model_copy(update={"warmup_steps": steps, "warmup_ratio": 0.0})
+        return self.model_copy(update={"scheduler": warmup})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for TOML (None values dropped: TOML has no null, defaults restore them)."""
         return _drop_none(self.model_dump(mode="json"))
@@ -220,15 +239,43 @@ def _explain(error: Mapping[str, Any]) -> str:
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
+def step_multiples(value: int, step: int) -> str:
+    """The multiples of `step` around `value`, as a fix to suggest ("64 or 128")."""
+    below = value // step * step
+    return f"{below} or {below + step}" if below else str(step)
+
+
+def _check_consistency(config: TrainConfig, source: str) -> None:
+    """Rules that span keys: each field alone is valid, together they cannot be honoured.
+
+    Buckets are sized in steps of `bucket_step`, so a resolution off that grid trains at a
+    smaller square than the run's metadata would state (100 trains at 64).
+    """
+    ds, sched = config.dataset, config.scheduler
+    if ds.resolution is not None and ds.resolution % ds.bucket_step:
+        raise LorakitError(
+            f"{source}: dataset.resolution = {ds.resolution} is not a multiple of "
+            f"dataset.bucket_step = {ds.bucket_step} (the buckets' size step); use "
+            f"{step_multiples(ds.resolution, ds.bucket_step)}"
+        )
+    if sched.warmup_steps and sched.warmup_ratio:
+        raise LorakitError(
+            f"{source}: scheduler.warmup_steps and scheduler.warmup_ratio are both set; "
+            "keep one of them"
+        )
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """Validate `data` into a `TrainConfig`; the first problem becomes a one-line error."""
     try:
-        return TrainConfig.model_validate(dict(data))
+        config = TrainConfig.model_validate(dict(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
         tail = f" (+{more} more)" if more else ""
         raise LorakitError(f"{source}: {_explain(first)}{tail}") from None
+    _check_consistency(config, source)
+    return config
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Import the settings block of CivitAI's LoRA trainer (guide 000) as config overrides.
 
 CivitAI has no folders, so its ``numRepeats`` becomes `dataset.repeats`, and it names no
-base model or images: the user adds `model.path` and `dataset.path`.
+base model or images: the user adds `model.path` and `dataset.path`. The trainer runs
+sd-scripts, so rank, alpha, optimizer arguments and resolution are read as the kohya_ss
+import reads them (`import_common`); a LoRA type other than a plain LoRA is refused.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ _CIVITAI_COPIES = {
     "textEncoderLR": ("optimizer.text_encoder_lr", "number"),
     "clipSkip": ("training.clip_skip", "count"),
     "keepTokens": ("dataset.keep_tokens", "integer"),
-    "networkDim": ("network.rank", "count"),
-    "networkAlpha": ("network.alpha", "amount"),
     "numRepeats": ("dataset.repeats", "count"),
     "noiseOffset": ("training.noise_offset", "number"),
     "minSnrGamma": ("training.min_snr_gamma", "amount"),
@@ -35,7 +35,8 @@ _CIVITAI_COPIES = {
     "lrSchedulerNumCycles": ("scheduler.num_cycles", "count"),
 }
 _CIVITAI_HANDLED = common.words(
-    "resolution lrScheduler optimizerType optimizerArgs loraType targetSteps"
+    "resolution lrScheduler optimizerType optimizerArgs loraType targetSteps networkDim "
+    "networkAlpha"
 )
 
 
@@ -43,16 +44,18 @@ def import_civitai(path: Path) -> common.ImportResult:
     """Overrides from CivitAI's LoRA trainer settings (the JSON block of guide 000)."""
     reader = common.open_reader(path, CIVITAI)
     data = reader.data
-    reader.copy_all(_CIVITAI_COPIES)
-    common.resolution(reader, "resolution")
-    common.scheduler(reader, "lrScheduler")
-    common.optimizer_settings(reader, "optimizerType", "optimizerArgs")
-    lora_type = reader.text("loraType").lower()
-    if lora_type not in ("", "lora"):
-        reader.note(
-            f"loraType {reader.text('loraType')} is not supported: a standard LoRA is "
-            "trained with the same rank and alpha"
+    lora_type = reader.text("loraType")
+    if lora_type.lower() not in ("", "lora"):
+        raise reader.error(
+            f"loraType {lora_type} is not supported: lorakit trains loraType lora; "
+            "choose it in CivitAI's trainer and copy the settings again"
         )
+    reader.copy_all(_CIVITAI_COPIES)
+    common.network_size(reader, "networkDim", "networkAlpha")
+    common.resolution(reader, "resolution", step=64)
+    common.scheduler(reader, "lrScheduler")
+    optimizer = reader.text("optimizerType")
+    common.optimizer_settings(reader, optimizer, "optimizerArgs", "optimizerType")
     reader.note("CivitAI settings name no base model or images: set model.path and dataset.path")
     if "targetSteps" in data:
         reader.note(

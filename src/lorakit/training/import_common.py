@@ -1,30 +1,66 @@
-"""What the kohya_ss and CivitAI imports share: the result, typed JSON access, the
-optimizer, scheduler and resolution fields both formats carry.
+"""What the kohya_ss and CivitAI imports share: the result, typed JSON access, and the
+network, optimizer, scheduler and resolution fields both formats carry.
 
 An import turns a settings file into nested `TrainConfig` overrides
 (``{"network": {"rank": 96}}``), to be merged under a TOML file and ``--set`` options, plus
 notes that say, one line each, which settings lorakit did not carry over and why, so
-nothing is dropped silently.
+nothing is dropped silently. Both trainers run sd-scripts, so values are read the way
+sd-scripts reads them: alpha 0 is the rank, optimizer arguments are Python literals,
+Adafactor's step size is relative unless the arguments say otherwise.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 from lorakit.errors import LorakitError
-from lorakit.training.config import OptimizerName, SchedulerName, config_from_dict
+from lorakit.training.config import (
+    NetworkSection,
+    OptimizerName,
+    SchedulerName,
+    config_from_dict,
+    step_multiples,
+)
 
 _OPTIMIZERS = set(get_args(OptimizerName))
-_OPTIMIZER_ALIASES = {"pagedadamw8bit": "adamw8bit", "dadaptation": "dadaptadam"}
+# sd-scripts optimizers lorakit trains with one of its own whose LR means the same
+# (a step size for the Adam/Lion kinds, a multiplier of 1 for the D-Adaptation family).
+_OPTIMIZER_ALIASES = {
+    "pagedadamw8bit": "adamw8bit",
+    "pagedadamw": "adamw",
+    "pagedadamw32bit": "adamw",
+    "lion8bit": "lion",
+    "pagedlion8bit": "lion",
+    "dadaptation": "dadaptadam",
+    "dadaptadampreprint": "dadaptadam",
+    "dadaptadagrad": "dadaptadam",
+    "dadaptadan": "dadaptadam",
+    "dadaptadanip": "dadaptadam",
+    "dadaptlion": "dadaptadam",
+    "dadaptsgd": "dadaptadam",
+}
+# The weight decay each optimizer uses when its arguments name none (its own default).
+_OWN_WEIGHT_DECAY = {
+    "adamw": 0.01,
+    "adamw8bit": 0.01,
+    "adafactor": 0.0,
+    "prodigy": 0.0,
+    "dadaptadam": 0.0,
+    "lion": 0.0,
+}
+# transformers' Adafactor defaults, with sd-scripts' relative_step=True.
+_SD_SCRIPTS_ADAFACTOR = {"scale_parameter": True, "relative_step": True, "warmup_init": False}
 _SCHEDULERS = set(get_args(SchedulerName))
 _ANNOTATION = re.compile(r"\s*-->.*$", re.MULTILINE)
+_BOOLS = {"true": True, "false": False}
+SD_SCRIPTS_RANK = 4  # network_dim when none reaches sd-scripts
 
 
 def words(text: str) -> frozenset[str]:
@@ -46,23 +82,32 @@ class ImportResult:
 
 
 class Reader:
-    """Typed access to one JSON object; a bad value is a one-line error naming file and key."""
+    """Typed access to one JSON object; a bad value is a one-line error naming file and key.
+
+    `keys` are the keys the file itself holds (`data` may add a trainer's defaults)."""
 
     def __init__(self, path: Path, data: Mapping[str, Any], result: ImportResult) -> None:
         self.path = path
         self.data = data
+        self.keys = frozenset(data)
         self.result = result
 
     def set(self, dotted: str, value: Any) -> None:
         section, key = dotted.split(".")
         self.result.overrides.setdefault(section, {})[key] = value
 
+    def get(self, dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return self.result.overrides.get(section, {}).get(key)
+
     def note(self, text: str) -> None:
         self.result.notes.append(text)
 
+    def error(self, text: str) -> LorakitError:
+        return LorakitError(f"{self.path}: {text}")
+
     def bad(self, key: str, kind: str) -> LorakitError:
-        value = self.data[key]
-        return LorakitError(f"{self.path}: '{key}' must be {kind}, got {value!r}; fix the value")
+        return self.error(f"'{key}' must be {kind}, got {self.data[key]!r}; fix the value")
 
     def text(self, key: str) -> str:
         value = self.data.get(key)
@@ -90,8 +135,8 @@ class Reader:
         raw = self.data.get(key)
         if raw is None or isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.strip().lower() in {"true", "false"}:
-            return raw.strip().lower() == "true"
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLS:
+            return _BOOLS[raw.strip().lower()]
         raise self.bad(key, "true or false")
 
     def value(self, key: str, kind: str) -> Any:
@@ -137,67 +182,106 @@ def read_json(path: Path, fix: str) -> tuple[dict[str, Any], list[str]]:
     return data, notes
 
 
-def _optimizer(reader: Reader, key: str) -> None:
-    raw = reader.text(key)
-    if not raw:
+def network_size(reader: Reader, dim_key: str, alpha_key: str) -> None:
+    """Rank and alpha as sd-scripts' networks.lora uses them: no rank is 4, and an alpha of
+    0 (or none) is the rank itself, i.e. no scaling; a blank alpha is sd-scripts' 1."""
+    rank = reader.integer(dim_key) if dim_key in reader.data else None
+    if dim_key in reader.data and not rank:
+        reader.note(f"{dim_key} {reader.text(dim_key) or 'blank'}: sd-scripts' rank 4 used")
+        rank = SD_SCRIPTS_RANK
+    if rank is not None:
+        reader.set("network.rank", rank)
+    if alpha_key not in reader.data:
         return
+    alpha = reader.number(alpha_key)
+    if alpha is None:
+        reader.note(f"{alpha_key} is blank: sd-scripts' alpha 1 used")
+        alpha = 1.0
+    elif alpha == 0:
+        alpha = float(rank or NetworkSection().rank)
+        reader.note(f"{alpha_key} 0: sd-scripts uses alpha = rank ({alpha:g}), i.e. no scaling")
+    reader.set("network.alpha", alpha)
+
+
+def _optimizer(reader: Reader, raw: str, key: str) -> str:
     name = raw.lower().replace("_", "").replace(" ", "")
     if name in _OPTIMIZER_ALIASES:
         reader.note(f"{key} {raw}: trained with lorakit's {_OPTIMIZER_ALIASES[name]}")
         name = _OPTIMIZER_ALIASES[name]
     if name not in _OPTIMIZERS:
         supported = ", ".join(sorted(_OPTIMIZERS))
-        reader.note(f"{key} {raw} is not supported (lorakit has {supported}); default kept")
-        return
-    reader.set("optimizer.name", name)
+        raise reader.error(
+            f"{key} {raw} is not supported (lorakit trains {supported}); pick one of those"
+        )
+    return name
 
 
-def _arg_value(raw: str) -> Any:
-    """Optimizer argument text as kohya passes it: bools, numbers, comma lists, strings."""
-    if raw.lower() in {"true", "false"}:
-        return raw.lower() == "true"
-    if "," in raw:
-        return [_arg_value(part.strip()) for part in raw.strip("()[]").split(",")]
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            continue
-    return raw
+def _plain(value: Any) -> Any:
+    """A literal as TOML can keep it: tuples become lists."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
 
 
-def _optimizer_args(reader: Reader, key: str) -> None:
-    """ "a=1 b=True" (or a JSON-style list of such) → optimizer.args; weight_decay has a field."""
+def arg_value(text: str) -> Any:
+    """An argument value as sd-scripts reads it (`ast.literal_eval`), a string where it is
+    not a Python literal; true/false in any case are booleans."""
+    if text.lower() in _BOOLS:
+        return _BOOLS[text.lower()]
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    if value is None or isinstance(value, (bool, int, float, str, tuple, list)):
+        return _plain(value)
+    return text
+
+
+def _optimizer_args(reader: Reader, key: str) -> dict[str, Any]:
+    """kohya_ss strips the quotes and splits on spaces ("a=1 b=True"); a list (from
+    additional_parameters) is already split."""
     raw = reader.data.get(key) or ""
-    tokens = raw if isinstance(raw, list) else shlex.split(str(raw))
+    tokens = raw if isinstance(raw, list) else str(raw).replace('"', "").split()
     args: dict[str, Any] = {}
     for token in tokens:
         name, sep, value = str(token).partition("=")
         if not sep or not name.strip():
-            raise LorakitError(
-                f"{reader.path}: '{key}' item {token!r} is not name=value; fix the value"
-            )
-        args[name.strip()] = _arg_value(value.strip())
-    if "weight_decay" in args:
-        decay = args.pop("weight_decay")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)):
-            raise LorakitError(f"{reader.path}: '{key}' weight_decay must be a number; fix it")
-        reader.set("optimizer.weight_decay", float(decay))
-    if args:
-        reader.set("optimizer.args", args)
+            raise reader.error(f"'{key}' item {token!r} is not name=value; fix the value")
+        parsed = arg_value(value.strip())
+        if parsed is None:
+            reader.note(f"{key} {name.strip()}=None: left to the optimizer's default")
+            continue
+        args[name.strip()] = parsed
+    return args
 
 
-def optimizer_settings(reader: Reader, name_key: str, args_key: str) -> None:
-    """Optimizer and its args. sd-scripts runs Adafactor with relative_step=True (its own
-    step size; the LRs are unused) unless the args say otherwise, while lorakit's default is
-    False: the import writes kohya's choice down so a guide's LR of 1.0 stays harmless."""
-    _optimizer(reader, name_key)
-    _optimizer_args(reader, args_key)
-    optimizer = reader.result.overrides.get("optimizer", {})
-    args = optimizer.get("args", {})
-    if optimizer.get("name") == "adafactor" and "relative_step" not in args:
-        reader.set("optimizer.args", {"relative_step": True, "scale_parameter": True, **args})
-        reader.note("Adafactor without relative_step: kohya's default relative_step=True kept")
+def _adafactor_args(reader: Reader, given: dict[str, Any]) -> dict[str, Any]:
+    """sd-scripts' Adafactor: relative_step unless the arguments say otherwise, and
+    warmup_init turns it back on (transformers refuses warmup_init without it)."""
+    args = {**_SD_SCRIPTS_ADAFACTOR, **given}
+    if "relative_step" not in given:
+        reader.note("Adafactor without relative_step: sd-scripts' relative_step=True kept")
+    if args["warmup_init"] and not args["relative_step"]:
+        args["relative_step"] = True
+        reader.note("Adafactor warmup_init=True needs relative_step: turned on, as sd-scripts does")
+    return args
+
+
+def optimizer_settings(reader: Reader, name: str, args_key: str, name_key: str) -> None:
+    """Optimizer, its args and weight decay: the decay the optimizer uses by itself unless
+    the args set one (lorakit's 0.01 default would add decay Adafactor or Prodigy lack)."""
+    if not name:
+        return
+    chosen = _optimizer(reader, name, name_key)
+    args = _optimizer_args(reader, args_key)
+    decay = args.pop("weight_decay", _OWN_WEIGHT_DECAY[chosen])
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        raise reader.error(f"'{args_key}' weight_decay must be a number; fix it")
+    if chosen == "adafactor":
+        args = _adafactor_args(reader, args)
+    reader.set("optimizer.name", chosen)
+    reader.set("optimizer.weight_decay", float(decay))
+    reader.set("optimizer.args", args)
 
 
 def scheduler(reader: Reader, key: str) -> None:
@@ -205,13 +289,16 @@ def scheduler(reader: Reader, key: str) -> None:
     if not raw:
         return
     if raw.lower() not in _SCHEDULERS:
-        reader.note(f"{key} {raw} is not supported (lorakit has {', '.join(sorted(_SCHEDULERS))})")
+        supported = ", ".join(sorted(_SCHEDULERS))
+        reader.note(f"{key} {raw} is not supported (lorakit has {supported}); cosine used")
         return
     reader.set("scheduler.name", raw.lower())
 
 
-def resolution(reader: Reader, key: str) -> None:
-    """ "768,768" or 1024 → one side; a non-square "w,h" keeps its pixel area."""
+def resolution(reader: Reader, key: str, step: int) -> None:
+    """ "768,768" or 1024 → one side, a multiple of the bucket step (else an error that
+    names the nearest ones). A non-square "w,h" becomes the largest square of the step
+    within its pixel area, the square bucket sd-scripts makes for it, and a note says so."""
     raw = reader.text(key)
     if not raw:
         return
@@ -221,10 +308,19 @@ def resolution(reader: Reader, key: str) -> None:
         raise reader.bad(key, 'a size like "768,768"') from None
     if len(sides) not in (1, 2) or min(sides) < 64:
         raise reader.bad(key, 'a size like "768,768"')
-    side = sides[0]
-    if len(sides) == 2 and sides[0] != sides[1]:
-        side = round(math.sqrt(sides[0] * sides[1]) / 64) * 64
-        reader.note(f"{key} {raw} is not square: lorakit trains at {side} (same pixel area)")
+    width, height = sides[0], sides[-1]
+    if width == height and width % step:
+        raise reader.error(
+            f"'{key}' {raw} is not a multiple of the bucket step {step}, so the buckets "
+            f"cannot honour it; use {step_multiples(width, step)}"
+        )
+    side = width
+    if width != height:
+        side = max(step, math.isqrt(width * height) // step * step)
+        reader.note(
+            f"{key} {raw} is not square: lorakit trains at {side}, the largest square of "
+            f"{step}-pixel steps within its pixel area"
+        )
     reader.set("dataset.resolution", side)
 
 

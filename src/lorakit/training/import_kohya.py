@@ -1,19 +1,28 @@
 """Import a kohya_ss GUI JSON (a full save or a downloaded preset) as config overrides.
 
-The guides' users arrive with a kohya_ss config they saved. kohya keeps repeats in the image
-folder's name (``img/10_name``), not in its JSON: the import points `dataset.path` at the
-same folder and the dataset scan reads the repeats from it.
+The guides' users arrive with a kohya_ss config they saved, and expect the run sd-scripts
+would have made from it: the GUI's defaults for keys the file lacks, its reading of blank
+and zero fields, the sd-scripts options in `additional_parameters`
+(`import_kohya_schema`, `import_sdscripts`). kohya keeps repeats in the image folder's
+name (``img/10_name``), not in its JSON: the import points `dataset.path` at the same
+folder and the dataset scan reads the repeats from it. LoRA types lorakit does not train
+(LoHa, LoKr, iA3, ...) are refused before anything is written.
 """
 
 from __future__ import annotations
 
+import random
 import re
-from pathlib import Path
+import sys
+from pathlib import Path, PureWindowsPath
 
+from lorakit.training import import_kohya_schema as schema
 from lorakit.training.import_common import (
     Format,
     ImportResult,
     Reader,
+    arg_value,
+    network_size,
     open_reader,
     optimizer_settings,
     resolution,
@@ -21,6 +30,7 @@ from lorakit.training.import_common import (
     validated,
     words,
 )
+from lorakit.training.import_sdscripts import read_command_line
 
 KOHYA = Format(
     fix="give a kohya_ss LoRA config saved by its GUI",
@@ -29,78 +39,97 @@ KOHYA = Format(
     other_key="networkDim",
     other_option="--from-civitai",
 )
-_LOCON_TYPES = {"Kohya LoCon", "LyCORIS/LoCon", "LoCon"}
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-
-# kohya_ss keys that change training but have no lorakit equivalent. A note is written only
-# when a file switches one on: these are off when 0, "" or false, or at the GUI default below.
-_KOHYA_UNSUPPORTED = words(
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")
+_SEED_RANGE = 2**31  # drawn seeds stay valid for numpy after + process index
+_DEFAULT_STEP = 64
+# Network args kohya_ss passes per LoRA type ("if value": zero and blank ones are left out).
+_BLOCK_ARGS = words(
     """
-    adaptive_noise_scale ip_noise_gamma noise_offset_random_strength
-    ip_noise_gamma_random_strength rank_dropout module_dropout scale_weight_norms
-    debiased_estimation_loss min_timestep max_timestep max_token_length weighted_captions
-    v_pred_like_loss scale_v_pred_loss_like_noise_pred stop_text_encoder_training
-    stop_text_encoder_training_pct full_fp16 full_bf16 fp8_base dataset_config
-    additional_parameters vae resume random_crop bucket_no_upscale
-    caption_dropout_every_n_epochs lr_scheduler_args lr_scheduler_type masked_loss loss_type
-    save_last_n_steps down_lr_weight mid_lr_weight up_lr_weight block_lr_zero_threshold
-    block_dims block_alphas conv_block_dims conv_block_alphas
+    down_lr_weight mid_lr_weight up_lr_weight block_lr_zero_threshold block_dims
+    block_alphas conv_block_dims conv_block_alphas rank_dropout module_dropout
     """
 )
-_KOHYA_DEFAULTS = {"max_timestep": 1000, "max_token_length": 75, "loss_type": "l2"}
-
-_KOHYA_IRRELEVANT = words(
+_LYCORIS_ARGS = words(
     """
-    xformers mem_eff_attn max_data_loader_n_workers persistent_data_loader_workers
-    num_cpu_threads_per_process num_processes num_machines multi_gpu gpu_ids main_process_port
-    dynamo_backend dynamo_mode dynamo_use_dynamic dynamo_use_fullgraph
-    extra_accelerate_launch_args logging_dir log_with log_tracker_name log_tracker_config
-    use_wandb wandb_api_key wandb_run_name huggingface_path_in_repo huggingface_repo_id
-    huggingface_repo_type huggingface_repo_visibility huggingface_token
-    resume_from_huggingface save_state_to_huggingface async_upload metadata_author
-    metadata_description metadata_license metadata_tags metadata_title training_comment
-    model_list save_model_as save_as_bool save_state save_state_on_train_end
-    save_last_n_steps_state sample_sampler vae_batch_size sdxl_no_half_vae LyCORIS_preset
-    use_cp use_tucker use_scalar factor decompose_both train_on_input unit train_norm
-    bypass_mode constrain rescaled rank_dropout_scale dora_wd dim_from_weights
-    no_token_padding conv_alphas conv_dims huber_c huber_schedule noise_offset_type
-    multires_noise_iterations multires_noise_discount
+    conv_dim conv_alpha rank_dropout bypass_mode dora_wd module_dropout use_tucker
+    use_scalar rank_dropout_scale train_norm
     """
 )
+# Network args whose value here is what lorakit's LoRA/LoCon does anyway.
+_NEUTRAL_ARGS = {"preset": "full"}
 
 
-# kohya_ss keys copied as they are: key → (TrainConfig field, kind of value).
-_KOHYA_COPIES = {
-    "pretrained_model_name_or_path": ("model.path", "text"),
-    "train_data_dir": ("dataset.path", "text"),
-    "reg_data_dir": ("dataset.reg_path", "text"),
-    "prior_loss_weight": ("dataset.prior_loss_weight", "number"),
-    "enable_bucket": ("dataset.enable_buckets", "flag"),
-    "min_bucket_reso": ("dataset.bucket_min", "count"),
-    "max_bucket_reso": ("dataset.bucket_max", "count"),
-    "flip_aug": ("dataset.flip_aug", "flag"),
-    "color_aug": ("dataset.color_aug", "flag"),
-    "shuffle_caption": ("dataset.shuffle_caption", "flag"),
-    "keep_tokens": ("dataset.keep_tokens", "integer"),
-    "caption_dropout_rate": ("dataset.caption_dropout", "number"),
-    "network_dim": ("network.rank", "count"),
-    "network_alpha": ("network.alpha", "amount"),
-    "network_dropout": ("network.dropout", "number"),
-    "max_grad_norm": ("optimizer.max_grad_norm", "number"),
-    "lr_scheduler_num_cycles": ("scheduler.num_cycles", "count"),
-    "lr_scheduler_power": ("scheduler.power", "amount"),
-    "max_train_steps": ("training.max_train_steps", "count"),
-    "train_batch_size": ("training.batch_size", "count"),
-    "gradient_accumulation_steps": ("training.grad_accum", "count"),
-    "mixed_precision": ("training.mixed_precision", "text"),
-    "seed": ("training.seed", "count"),
-    "gradient_checkpointing": ("training.gradient_checkpointing", "flag"),
-    "clip_skip": ("training.clip_skip", "count"),
-    "min_snr_gamma": ("training.min_snr_gamma", "amount"),
-    "output_dir": ("saving.output_dir", "text"),
-    "output_name": ("saving.name", "text"),
-    "save_last_n_epochs": ("saving.keep_last", "count"),
-}
+def _refuse(reader: Reader, what: str) -> None:
+    raise reader.error(
+        f"{what} is not supported: lorakit trains LoRA_type Standard (LoRA), Kohya LoCon or "
+        "LyCORIS/LoCon (LoRA on convolutions too); choose one of those in kohya_ss and save "
+        "the config again"
+    )
+
+
+def _network_args(reader: Reader, lora_type: str) -> dict[str, str]:
+    """The network args sd-scripts receives: built by kohya_ss from the LoRA type's fields,
+    or replaced by `--network_args` in additional_parameters."""
+    given = reader.data.get("network_args")
+    if isinstance(given, list):
+        pairs = [str(item).partition("=") for item in given]
+        if any(not sep for _, sep, _ in pairs):
+            raise reader.error("additional_parameters --network_args items must be name=value")
+        return {name: value for name, _, value in pairs}
+    if lora_type in ("LyCORIS/LoCon", "LoCon"):
+        args = {name: reader.text(name) for name in sorted(_LYCORIS_ARGS)}
+        return args | {"preset": reader.text("LyCORIS_preset"), "algo": "locon"}
+    args = {"conv_dim": reader.text("conv_dim"), "conv_alpha": reader.text("conv_alpha")}
+    args = args if lora_type == "Kohya LoCon" else {}
+    for key in sorted(_BLOCK_ARGS):
+        if arg_value(reader.text(key) or "0") not in (0, False, ""):
+            args[key] = reader.text(key)
+    return args
+
+
+def _module(reader: Reader, args: dict[str, str]) -> None:
+    """An sd-scripts --network_module (and LyCORIS algo) other than a LoRA/LoCon is refused."""
+    module = reader.text("network_module") or "networks.lora"
+    algo = args.pop("algo", "lora" if module == "lycoris.kohya" else "")
+    if module not in ("networks.lora", "lycoris.kohya"):
+        _refuse(reader, f"additional_parameters --network_module {module}")
+    if algo and algo.strip("\"'").lower() not in ("lora", "locon"):
+        _refuse(reader, f"network_args algo={algo} (LyCORIS)")
+
+
+def _conv(reader: Reader, args: dict[str, str]) -> None:
+    """LoCon convolutions: conv_dim 0 trains none; conv_alpha 0 is conv_dim, none is 1
+    (sd-scripts' networks.lora)."""
+    dim = arg_value(args.pop("conv_dim", "0") or "0")
+    alpha = arg_value(args.pop("conv_alpha", "1") or "1")
+    whole = isinstance(dim, (int, float)) and not isinstance(dim, bool) and dim == int(dim)
+    if not whole or dim < 0:
+        raise reader.error(f"network conv_dim must be a whole number, got {dim!r}; fix it")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise reader.error(f"network conv_alpha must be a number, got {alpha!r}; fix it")
+    if not dim:
+        return
+    reader.set("network.conv_rank", int(dim))
+    reader.set("network.conv_alpha", float(alpha or dim))
+
+
+def _kohya_network(reader: Reader) -> None:
+    lora_type = reader.text("LoRA_type") or "Standard"
+    if lora_type not in schema.LORA_TYPES:
+        _refuse(reader, f"LoRA_type {lora_type}")
+    network_size(reader, "network_dim", "network_alpha")
+    args = _network_args(reader, lora_type)
+    _module(reader, args)
+    _conv(reader, args)
+    for name, value in args.items():
+        if arg_value(value or "0") not in (0, False, "", _NEUTRAL_ARGS.get(name)):
+            reader.note(f"network arg {name}={value} is not supported by lorakit; ignored")
+    if lora_type in ("LyCORIS/LoCon", "LoCon"):
+        reader.note(
+            f"LoRA_type {lora_type}: trained as lorakit's LoCon, on kohya LoCon's layers "
+            "(a LyCORIS preset may pick others)"
+        )
 
 
 def _kohya_model(reader: Reader) -> None:
@@ -116,7 +145,7 @@ def _kohya_model(reader: Reader) -> None:
     sdxl = reader.flag("sdxl")
     if sdxl is not None:
         reader.set("model.family", "sdxl" if sdxl else "sd15")
-    if sdxl and "sdxl_cache_text_encoder_outputs" in reader.data:
+    if sdxl:
         reader.copy("sdxl_cache_text_encoder_outputs", "training.cache_text_encoder", "flag")
     if reader.flag("v_parameterization"):
         reader.set("training.prediction", "v_prediction")
@@ -125,71 +154,136 @@ def _kohya_model(reader: Reader) -> None:
         reader.set("network.weights", weights)
 
 
-def _kohya_dataset(reader: Reader) -> None:
-    resolution(reader, "max_resolution")
+def _bucket_step(reader: Reader) -> int:
     step = reader.integer("bucket_reso_steps")
     if step is not None and (step < 8 or step % 8):
-        reader.note(f"bucket_reso_steps {step} is not a multiple of 8; lorakit's default kept")
-    elif step:
-        reader.set("dataset.bucket_step", step)
+        reader.note(f"bucket_reso_steps {step} is not a multiple of 8; lorakit's 64 kept")
+        return _DEFAULT_STEP
+    reader.set("dataset.bucket_step", step or _DEFAULT_STEP)
+    return step or _DEFAULT_STEP
+
+
+def _kohya_dataset(reader: Reader) -> None:
+    resolution(reader, "max_resolution", _bucket_step(reader))
+    if reader.flag("enable_bucket") and reader.flag("bucket_no_upscale"):
+        reader.note("bucket_no_upscale: lorakit scales every image to its bucket, small ones up")
     ext = reader.text("caption_extension")
     if ext == ".none-use-foldername":
         reader.note(
             "caption_extension: captions from folder names are not supported; "
             "lorakit reads .txt caption files"
         )
-    elif "caption_extension" in reader.data and not ext:
+    elif not ext:
         reader.note(
             "caption_extension is empty (kohya then reads .caption files); "
             "lorakit reads .txt, set dataset.caption_ext to change it"
         )
-    elif ext:
+    else:
         reader.set("dataset.caption_ext", ext)
 
 
-def _kohya_network(reader: Reader) -> None:
-    lora_type = reader.text("LoRA_type") or "Standard"
-    if lora_type in _LOCON_TYPES:
-        reader.copy("conv_dim", "network.conv_rank", "count")
-        reader.copy("conv_alpha", "network.conv_alpha", "amount")
-    elif lora_type != "Standard":
-        reader.note(
-            f"LoRA_type {lora_type} is not supported: a standard LoRA "
-            "(LoCon convs off) is trained with the same rank and alpha"
-        )
+def _te_rate(reader: Reader) -> float | list[float]:
+    """One rate, or SDXL's two from `--text_encoder_lr a b` in additional_parameters."""
+    raw = reader.data.get("text_encoder_lr")
+    if not isinstance(raw, list):
+        return reader.number("text_encoder_lr") or 0.0
+    try:
+        return [float(value) for value in raw]
+    except ValueError:
+        raise reader.bad("text_encoder_lr", "one or two numbers") from None
 
 
 def _kohya_learning_rates(reader: Reader) -> None:
-    """kohya_ss's rule: blank U-Net/TE rates fall back to learning_rate; one blank rate
-    while the other is set trains only the other part (lorakit: that part's LR is 0)."""
+    """kohya_ss' rule: with U-Net and TE rates both 0 (or blank) both train at
+    learning_rate; with one of them 0 only the other part trains; all three 0 the GUI
+    refuses to start. `--network_train_*_only` options freeze the other part."""
     base = reader.number("learning_rate") or 0.0
     unet = reader.number("unet_lr") or 0.0
-    te = reader.number("text_encoder_lr") or 0.0
+    te = _te_rate(reader)
+    if isinstance(te, list) and not any(te):
+        te = 0.0
+    if not (base or unet or te):
+        raise reader.error(
+            "learning_rate, unet_lr and text_encoder_lr are all 0, so kohya_ss would not "
+            "train; set unet_lr (e.g. 0.0001)"
+        )
     if not unet and not te:
         unet = te = base
-    if unet or te:
-        reader.set("optimizer.unet_lr", unet)
-        reader.set("optimizer.text_encoder_lr", te)
-    else:
-        reader.note("no learning rate is set; lorakit's defaults kept")
-    optimizer_settings(reader, "optimizer", "optimizer_args")
+    elif not te:
+        reader.note("text_encoder_lr 0: only the U-Net trains, as kohya_ss does")
+    elif not unet:
+        reader.note("unet_lr 0: only the text encoder trains, as kohya_ss does")
+    if reader.flag("network_train_unet_only"):
+        te = 0.0
+    if reader.flag("network_train_text_encoder_only"):
+        unet = 0.0
+    reader.set("optimizer.unet_lr", unet)
+    reader.set("optimizer.text_encoder_lr", te)
+
+
+def _kohya_optimizer(reader: Reader) -> None:
+    name = reader.text("optimizer")
+    if "optimizer" not in reader.data:
+        name = "AdamW8bit" if reader.flag("use_8bit_adam") else "AdamW"
+    optimizer_settings(reader, name, "optimizer_args", "optimizer")
     scheduler(reader, "lr_scheduler")
 
 
+def _warmup(reader: Reader) -> None:
+    """kohya_ss' "LR warmup (% of steps)": round(% × max_train_steps / 100), where
+    max_train_steps is the file's or, unset, the run's total (a ratio resolved by the plan).
+    An explicit lr_warmup_steps wins (a number below 1 is a ratio, as sd-scripts reads it)."""
+    steps = reader.number("lr_warmup_steps")
+    percent = int(reader.number("lr_warmup") or 0)
+    total = reader.value("max_train_steps", "count")
+    if steps:
+        key = "scheduler.warmup_ratio" if steps < 1 else "scheduler.warmup_steps"
+        reader.set(key, steps if steps < 1 else int(steps))
+    elif percent and total:
+        reader.set("scheduler.warmup_steps", round(percent * total / 100))
+    elif percent:
+        reader.set("scheduler.warmup_ratio", percent / 100)
+    _drop_unused_warmup(reader)
+
+
+def _drop_unused_warmup(reader: Reader) -> None:
+    """Adafactor's relative step and the constant/adafactor schedules take no warmup
+    (sd-scripts stops with an error); lorakit drops it and says so."""
+    warmup = reader.get("scheduler.warmup_steps") or reader.get("scheduler.warmup_ratio")
+    args = reader.get("optimizer.args") or {}
+    relative = reader.get("optimizer.name") == "adafactor" and args.get("relative_step")
+    name = reader.get("scheduler.name") or ""
+    if not warmup or not (relative or name in ("constant", "adafactor")):
+        return
+    why = "Adafactor's relative step is the schedule" if relative else f"{name} has no warmup"
+    reader.note(f"LR warmup not used: {why} (sd-scripts refuses this warmup)")
+    reader.set("scheduler.warmup_steps", 0)
+    reader.set("scheduler.warmup_ratio", 0.0)
+
+
 def _kohya_length(reader: Reader) -> None:
-    """kohya's "epoch" box is the epoch count; "max_train_epochs" overrides it when set."""
+    """kohya's "epoch" box is the epoch count; "max_train_epochs" overrides it when set.
+    A blank cycle count is 1; a missing one is the epoch count (the GUI's empty box)."""
     epochs = reader.value("max_train_epochs", "count") or reader.value("epoch", "count")
     if epochs:
         reader.set("training.epochs", epochs)
-    steps = reader.value("max_train_steps", "count")
-    warmup = reader.number("lr_warmup") or 0.0
-    if warmup and steps:
-        reader.set("scheduler.warmup_steps", round(warmup * steps / 100))
-    elif warmup:
-        reader.note(
-            f"lr_warmup {warmup:g}% of steps: the step count is not in the file, "
-            "set scheduler.warmup_steps from the plan that --dry-run prints"
-        )
+    cycles = reader.value("lr_scheduler_num_cycles", "count")
+    if "lr_scheduler_num_cycles" not in reader.data:
+        cycles = epochs
+    reader.set("scheduler.num_cycles", cycles or 1)
+    reader.set("scheduler.power", reader.value("lr_scheduler_power", "amount") or 1.0)
+    _warmup(reader)
+
+
+def _kohya_seed(reader: Reader) -> None:
+    """A blank or 0 seed is sd-scripts' random seed: drawn here, so the run's config.toml
+    records it and the run can be repeated."""
+    seed = reader.integer("seed")
+    if not seed:
+        shown = "blank" if seed is None else "0"
+        seed = random.SystemRandom().randrange(_SEED_RANGE)
+        reader.note(f"seed {shown} is a random seed in kohya_ss: drew {seed} (kept in config.toml)")
+    reader.set("training.seed", seed)
 
 
 def _kohya_training(reader: Reader) -> None:
@@ -197,58 +291,92 @@ def _kohya_training(reader: Reader) -> None:
     if cache is not None:
         to_disk = reader.flag("cache_latents_to_disk")
         reader.set("training.cache_latents", ("disk" if to_disk else "memory") if cache else "none")
-    if reader.text("noise_offset_type") == "Multires":
+    offset_type = reader.text("noise_offset_type") or "Original"
+    if offset_type == "Multires" and reader.number("multires_noise_iterations"):
         reader.note(
             "noise_offset_type Multires (multi-resolution noise) is not supported; "
             "trained without a noise offset"
         )
-    else:
-        reader.copy("noise_offset", "training.noise_offset", "number")
+    if offset_type != "Original":
+        return
+    reader.copy("noise_offset", "training.noise_offset", "number")
+    if reader.number("adaptive_noise_scale"):
+        reader.note(
+            f"adaptive_noise_scale = {reader.data['adaptive_noise_scale']!r} is not "
+            "supported by lorakit; ignored"
+        )
+    if reader.flag("noise_offset_random_strength"):
+        reader.note("noise_offset_random_strength = True is not supported by lorakit; ignored")
+
+
+def _output_dir(reader: Reader) -> None:
+    """A Windows output_dir on another system would become one folder named
+    "d:\\lycoris\\sdxl": the import writes next to the imported file instead."""
+    output = reader.text("output_dir")
+    foreign = sys.platform != "win32" and _WINDOWS_PATH.search(output)
+    if output and foreign and not Path(output).is_dir():
+        local = reader.path.absolute().parent / (PureWindowsPath(output).name or "output")
+        reader.note(f"output_dir {output} is a Windows path: writing to {local}, next to the file")
+        output = str(local)
+    if output:
+        reader.set("saving.output_dir", output)
 
 
 def _kohya_outputs(reader: Reader) -> None:
+    _output_dir(reader)
     for key in ("save_every_n_epochs", "save_every_n_steps"):
-        if key in reader.data:
-            reader.set(f"saving.{key}", reader.value(key, "count"))
+        reader.set(f"saving.{key}", reader.value(key, "count"))
     precision = reader.text("save_precision")
     if precision:
         reader.set("saving.save_precision", "fp32" if precision == "float" else precision)
-    prompts = reader.text("sample_prompts")
-    if prompts:
+    prompts, prompt_file = reader.text("sample_prompts"), reader.text("sample_prompts_file")
+    if prompt_file:
+        reader.set("sampling.prompts", prompt_file)
+    elif prompts:
         reader.result.sample_prompts = prompts
+    if prompts or prompt_file:
         reader.set("sampling.every_n_steps", reader.value("sample_every_n_steps", "count"))
         reader.set("sampling.every_n_epochs", reader.value("sample_every_n_epochs", "count"))
 
 
-_KOHYA_MAPPED = set(_KOHYA_COPIES) | words(
-    """
-    v2 sdxl sdxl_cache_text_encoder_outputs v_parameterization network_weights
-    lora_network_weights max_resolution bucket_reso_steps caption_extension LoRA_type conv_dim
-    conv_alpha learning_rate unet_lr text_encoder_lr optimizer optimizer_args lr_scheduler
-    max_train_epochs epoch lr_warmup cache_latents cache_latents_to_disk noise_offset
-    save_every_n_epochs save_every_n_steps save_precision sample_prompts sample_every_n_steps
-    sample_every_n_epochs
-    """
-)
+def _same(value: object, neutral: object) -> bool:
+    """Whether a key's value is the one at which sd-scripts does what lorakit does."""
+    if value is None or value == "" or (isinstance(value, list) and not value):
+        return True
+    parsed = arg_value(str(value).strip())
+    return parsed == neutral or str(parsed) == str(neutral)
 
 
 def _kohya_leftovers(reader: Reader) -> None:
     """One note per unsupported setting that is switched on, one for unknown keys."""
-    for key in sorted(_KOHYA_UNSUPPORTED & set(reader.data)):
-        value, default = reader.data[key], _KOHYA_DEFAULTS.get(key)
-        if value not in (None, "", 0, False) and str(value) != str(default):
+    for key in sorted(schema.UNSUPPORTED.keys() & set(reader.data)):
+        value = reader.data[key]
+        neutral = (schema.UNSUPPORTED[key], *schema.UNSET_TOO.get(key, ()))
+        if not any(_same(value, n) for n in neutral):
             reader.note(f"{key} = {value!r} is not supported by lorakit; ignored")
-    known = _KOHYA_MAPPED | _KOHYA_IRRELEVANT | _KOHYA_UNSUPPORTED
-    unknown = sorted(set(reader.data) - known)
+    unknown = sorted(reader.keys - schema.KNOWN)
     if unknown:
         reader.note(f"unknown kohya_ss keys ignored: {', '.join(unknown)}")
 
 
+def open_kohya(path: Path) -> Reader:
+    """A reader over the file's keys on top of the GUI's defaults, with the options of
+    additional_parameters on top of both."""
+    reader = open_reader(path, KOHYA)
+    line = read_command_line(reader.path, reader.text("additional_parameters"), schema.KNOWN)
+    if "multires_noise_iterations" in line.keys:  # sd-scripts uses it whatever the GUI type
+        line.keys.setdefault("noise_offset_type", "Multires")
+    reader.data = {**schema.GUI_DEFAULTS, **reader.data, **line.keys}
+    reader.result.notes += line.notes()
+    return reader
+
+
 def import_kohya(path: Path) -> ImportResult:
     """Overrides from a kohya_ss GUI LoRA config (a full save or a partial preset)."""
-    reader = open_reader(path, KOHYA)
-    reader.copy_all(_KOHYA_COPIES)
-    parts = (_kohya_model, _kohya_dataset, _kohya_network, _kohya_learning_rates)
-    for part in (*parts, _kohya_length, _kohya_training, _kohya_outputs, _kohya_leftovers):
+    reader = open_kohya(path)
+    reader.copy_all(schema.COPIES)
+    parts = (_kohya_network, _kohya_model, _kohya_dataset, _kohya_learning_rates)
+    parts += (_kohya_optimizer, _kohya_length, _kohya_seed, _kohya_training, _kohya_outputs)
+    for part in (*parts, _kohya_leftovers):
         part(reader)
     return validated(reader)

@@ -17,24 +17,31 @@ import torch.distributed as dist
 from accelerate.utils import set_seed
 
 from lorakit.errors import LorakitError
+from lorakit.threads import ThreadChoice, torch_threads
 from lorakit.training import checkpoint as ckpt
+from lorakit.training.caching import fixed_captions
 from lorakit.training.config import TrainConfig, save_config, with_absolute_paths
 from lorakit.training.data import BucketBatchSampler, build_items
+from lorakit.training.interrupt import StopFlag, StopRequested
 from lorakit.training.monitor import Monitor
 from lorakit.training.objective import Objective
 from lorakit.training.outputs import Outputs
-from lorakit.training.plan import make_plan, resolve
+from lorakit.training.plan import make_plan, resolve, settings
+from lorakit.training.rundir import RunStart, prepare_run_folder, report_finished
 from lorakit.training.runtime import (
     build_optimizer,
+    cpu_threads,
     inject,
     latent_source,
     make_accelerator,
+    precision_text,
     prediction_type,
     prepare_model,
     text_cache,
     trained_text_encoders,
     validation_indices,
 )
+from lorakit.training.state import TrainState
 from lorakit.training.step import Stepper, assemble
 from lorakit.training.validation import Validator
 
@@ -51,8 +58,8 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: Path | None = None):
-        self.resume = ckpt.check_state(Path(resume)) if resume is not None else None
+    def __init__(self, config: TrainConfig, start: RunStart):
+        self.start = start
         self.config = config = resolve(config)
         self.accelerator, notes = make_accelerator(config)
         acc = self.accelerator
@@ -62,6 +69,7 @@ class Trainer:
             self.items, config, rank=acc.process_index, world=acc.num_processes
         )
         self.plan = make_plan(config, self.items, acc.num_processes)
+        self.config = config = config.with_warmup_steps(self.plan.total_steps)
         self.base = prepare_model(config, acc)
         te_lrs = config.text_encoder_lrs(len(self.base.text_encoders))
         set_seed(config.training.seed)  # the same LoRA init on every process
@@ -72,7 +80,7 @@ class Trainer:
         )
         self.optimizer = acc.prepare(optimizer)
         self.progress = ckpt.Progress()
-        acc.register_for_checkpointing(ckpt.LoRAState(self.network), self.scheduler, self.progress)
+        self.state = TrainState(acc, self.network, self.optimizer, self.scheduler, self.progress)
         self.train_tes = trained_text_encoders(self.base, te_lrs)
         self.objective = Objective(
             self.base.scheduler_config,
@@ -91,10 +99,15 @@ class Trainer:
             acc.device,
         )
         self.latents = latent_source(config, self.base, self.items, self.out)
-        self.outputs = Outputs(config, self.network, self.base, self.items, self.plan, acc)
+        self.outputs = Outputs(
+            config, self.network, self.base, self.items, self.plan, acc, self.state
+        )
         if config.dataset.color_aug and config.training.cache_latents != "none":
             notes.append("color_aug changes pixels every step: latents are encoded live")
+        if start.moved_to is not None:
+            notes.append(f"the previous run in {self.out} moved to {start.moved_to}")
         self.notes = notes
+        self.stop = StopFlag()
         self.monitor: Monitor | None = None
         self.validator: Validator | None = None
         self.loss_acc = torch.zeros((), device=acc.device)
@@ -105,14 +118,13 @@ class Trainer:
 
     def _setup(self) -> None:
         acc, config = self.accelerator, self.config
-        if self.resume is not None:
-            acc.load_state(str(self.resume))
-            self.outputs.last_saved = ckpt.newest_file(self.out, config.saving.name)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(with_absolute_paths(config), self.out / "config.toml")
         keys = [(i, flip) for i in range(len(self.latents.items)) for flip in self._flips()]
-        self.latents.fill(keys, self.monitor.progress if self.monitor else None)
+        self.latents.fill(keys)
+        if self.stepper.text_cache is not None:
+            self.stepper.text_cache.fill(fixed_captions(self.items, config.dataset.caption_dropout))
         if config.validation.enabled and self.items.validation:
             indices = validation_indices(self.items, self.latents.items)
             self.validator = Validator(
@@ -123,6 +135,11 @@ class Trainer:
                 config.validation.seed,
                 acc.device,
             )
+        if self.start.state is not None and self.start.training is not None:
+            # Last: caching may draw from the generators, the resumed steps must not see it.
+            self.state.load(self.start.state, self.start.training)
+            self.start.training = None
+            self.outputs.last_saved = ckpt.newest_file(self.out, config.saving.name)
 
     def _flips(self) -> tuple[bool, ...]:
         return (False, True) if self.config.dataset.flip_aug else (False,)
@@ -211,6 +228,8 @@ class Trainer:
         accum = self.config.training.grad_accum
         every = self.config.training.log_every_n_steps
         start = self.progress.epoch_batches
+        if self.progress.step >= self.plan.total_steps:
+            return False
         for index in range(start, len(batches)):
             self._micro_step(batches[index])
             self.progress.epoch_batches = index + 1
@@ -225,7 +244,20 @@ class Trainer:
             self.outputs.after_step(self.progress)
             if self.progress.step >= self.plan.total_steps:
                 return False
+            if self._stop_due(logged=self.progress.step % every == 0):
+                raise StopRequested
         return True
+
+    def _stop_due(self, logged: bool = True) -> bool:
+        """Whether a Ctrl-C asks to stop at this step boundary. Several processes must stop
+        at the same step: they agree at logged steps and epoch ends (one host sync each)."""
+        if self.accelerator.num_processes == 1:
+            return self.stop.requested
+        if not logged:
+            return False
+        flag = torch.tensor(float(self.stop.requested), device=self.accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _validate(self) -> float | None:
         if self.validator is None:
@@ -250,38 +282,44 @@ class Trainer:
         self.progress.loss_sum, self.progress.loss_count = 0.0, 0
         return saved
 
-    def _settings(self) -> list[tuple[str, object]]:
-        c = self.config
-        rows: list[tuple[str, object]] = [
-            ("base model", f"{c.model.path} ({c.model.family})"),
-            ("output", self.out),
-            ("network", f"rank {c.network.rank}, alpha {c.network.alpha}"),
-            (
-                "optimizer",
-                f"{c.optimizer.name}, unet lr {c.optimizer.unet_lr}, "
-                f"text encoder lr {c.optimizer.text_encoder_lr}",
-            ),
-            ("scheduler", f"{c.scheduler.name}, warmup {c.scheduler.warmup_steps}"),
-            ("precision", self.accelerator.mixed_precision),
-            ("processes", self.accelerator.num_processes),
-        ]
-        rows += [("plan", line) for line in self.plan.lines(c)]
-        rows += [("note", note) for note in self.notes]
-        return rows
+    def _settings(self, threads: ThreadChoice | None) -> list[tuple[str, object]]:
+        acc = self.accelerator
+        precision = precision_text(self.config, acc.mixed_precision)
+        rows = settings(self.config, self.plan, precision, threads)
+        return [*rows, ("output", self.out), ("processes", acc.num_processes)]
 
     def run(self, stop_after_epoch: int | None = None) -> TrainResult:
         acc = self.accelerator
-        with Monitor(self.out / "logs", self.plan.total_steps, 0, acc.is_main_process) as monitor:
+        threads = cpu_threads(self.config, self.base.unet)
+        resumed = self.start.progress
+        # TensorBoard hides what a killed run logged after the step it resumes from.
+        purge = resumed.step + 1 if resumed is not None else None
+        logs = self.out / "logs"
+        with (
+            Monitor(logs, self.plan.total_steps, acc.is_main_process, purge) as monitor,
+            torch_threads(threads.count if threads else None),
+        ):
             self.monitor = monitor
-            monitor.settings(self._settings())
+            monitor.settings(self._settings(threads))
+            for note in self.notes:
+                monitor.note(f"note: {note}")
             self._setup()
-            monitor.progress.update(monitor.task, completed=self.progress.step)
+            monitor.begin(self.progress.step)
             try:
-                return self._epochs(stop_after_epoch)
-            except KeyboardInterrupt:
+                with self.stop.installed():
+                    result = self._epochs(stop_after_epoch)
+            except StopRequested:
                 self._flush_loss()  # a diverged LoRA must not replace the last good file
                 self.outputs.interrupted(self.progress)
-                raise
+                monitor.note(
+                    f"stopped at step {self.progress.step}; continue with: lorakit train "
+                    f"{self.out / 'config.toml'} --resume {self.out / 'state'}"
+                )
+                raise KeyboardInterrupt from None
+            monitor.finished(
+                self.outputs.last_saved, result.steps, result.epochs_done, self.out / "summary.json"
+            )
+            return result
 
     def _epochs(self, stop_after_epoch: int | None) -> TrainResult:
         for module in (self.base.unet, *self.train_tes):
@@ -298,12 +336,31 @@ class Trainer:
                 self.outputs.save_state(force=stop)
             if stop:
                 return TrainResult(self.out, self.progress.step, epoch)
+            if more and self._stop_due():
+                raise StopRequested
         self.outputs.finish(self.progress)
         return TrainResult(self.out, self.progress.step, self.progress.epoch - 1)
 
 
 def train(
-    config: TrainConfig, resume: Path | None = None, stop_after_epoch: int | None = None
+    config: TrainConfig,
+    resume: Path | None = None,
+    stop_after_epoch: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train `config`; with `resume`, continue exactly from a `state/` folder."""
-    return Trainer(config, resume).run(stop_after_epoch)
+    """Train `config`; with `resume`, continue exactly from a `state/` folder.
+
+    A new run into a folder that holds another run is refused unless `overwrite` moves
+    that run aside (`lorakit.training.rundir`).
+    """
+    return train_from(prepare_run_folder(config, resume, overwrite), config, stop_after_epoch)
+
+
+def train_from(
+    start: RunStart, config: TrainConfig, stop_after_epoch: int | None = None
+) -> TrainResult:
+    """Train from an already prepared run folder (the CLI writes files there in between)."""
+    if start.progress is not None and start.progress.finished:
+        report_finished(start, start.progress)
+        return TrainResult(start.out, start.progress.step, start.progress.epoch - 1)
+    return Trainer(config, start).run(stop_after_epoch)

@@ -3,24 +3,30 @@
 `optimizer.args` passes straight to the optimizer's constructor (kohya's
 `--optimizer_args`). Adafactor with `relative_step = true` computes its own step size, so
 it gets transformers' `AdafactorSchedule` (which only reports that LR) whatever
-`scheduler.name` says; every other schedule comes from `diffusers.optimization`.
+`scheduler.name` says, as sd-scripts does; every other schedule comes from
+`diffusers.optimization`, and `scheduler.name = "adafactor"` without a relative step is a
+constant LR. `optimizer_notes` says so before a run, so the settings table is never read as
+LRs that are not used. torch and diffusers load when an optimizer is built, not on import:
+the CLI reads the notes while it is still checking the config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import torch
-from diffusers.optimization import get_scheduler
+from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import LorakitError
 from lorakit.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 ParamGroups = list[dict[str, Any]]
 
 
 def _adamw(groups: ParamGroups, lr: float, args: dict[str, Any]) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(groups, lr=lr, **args)
 
 
@@ -85,7 +91,7 @@ def make_optimizer(config: TrainConfig, groups: ParamGroups) -> torch.optim.Opti
     args = {"weight_decay": opt.weight_decay, **opt.args}
     try:
         return OPTIMIZERS[opt.name](groups, opt.unet_lr, args)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise LorakitError(
             f"optimizer.args {opt.args} do not fit {opt.name} ({exc}); fix optimizer.args"
         ) from None
@@ -99,7 +105,9 @@ def make_scheduler(
         from transformers.optimization import AdafactorSchedule
 
         return AdafactorSchedule(optimizer)
-    sched = config.scheduler
+    from diffusers.optimization import get_scheduler
+
+    sched = config.with_warmup_steps(total_steps).scheduler
     name = "constant" if sched.name == "adafactor" else sched.name
     return get_scheduler(
         name,
@@ -109,3 +117,41 @@ def make_scheduler(
         num_cycles=sched.num_cycles,
         power=sched.power,
     )
+
+
+def _warmup_text(config: TrainConfig) -> str:
+    sched = config.scheduler
+    if sched.warmup_ratio:
+        return f"scheduler.warmup_ratio {sched.warmup_ratio:g}"
+    return f"scheduler.warmup_steps {sched.warmup_steps}" if sched.warmup_steps else ""
+
+
+def optimizer_notes(config: TrainConfig) -> list[str]:
+    """What the optimizer and schedule will really do, where the settings could be read
+    otherwise: Adafactor's relative step ignores the LRs, and a schedule without warmup
+    ignores the warmup."""
+    opt, sched = config.optimizer, config.scheduler
+    warmup = _warmup_text(config)
+    if uses_relative_step(config):
+        ramp = " and warmup_init" if opt.args.get("warmup_init") else ""
+        notes = [
+            "Adafactor with relative_step=True ignores optimizer.unet_lr and "
+            "text_encoder_lr: the LR comes from the step count (1/sqrt(step), at most 1e-2)"
+            f"{ramp}, times each weight's RMS when scale_parameter=True"
+        ]
+        if sched.name != "adafactor" or warmup:
+            unused = ", ".join(filter(None, [f"scheduler {sched.name}", warmup]))
+            notes.append(f"{unused} not used: Adafactor's relative step is the schedule")
+        return notes
+    notes = []
+    if sched.name == "adafactor":
+        why = "relative_step is off" if opt.name == "adafactor" else f"{opt.name} has none"
+        notes.append(
+            f"scheduler adafactor only reports Adafactor's relative step and {why}: "
+            "the LR stays constant at optimizer.unet_lr / text_encoder_lr"
+        )
+    if opt.name == "adafactor" and opt.args.get("scale_parameter"):
+        notes.append("Adafactor with scale_parameter=True multiplies the LR by each weight's RMS")
+    if warmup and sched.name in ("constant", "adafactor"):
+        notes.append(f"{warmup} not used: scheduler {sched.name} has no warmup")
+    return notes

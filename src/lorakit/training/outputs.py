@@ -25,6 +25,7 @@ from lorakit.training.data import Items
 from lorakit.training.monitor import Monitor
 from lorakit.training.plan import RunPlan
 from lorakit.training.runtime import lora_config, prediction_type
+from lorakit.training.state import TrainState
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,6 +49,22 @@ def dataset_dirs(items: Items) -> dict[str, dict[str, int]]:
     return dirs
 
 
+def folder_subject(items: Items) -> tuple[str, str]:
+    """(trigger, class) from kohya folder names `N_trigger class` (`lorakit dataset prep`
+    writes them), when every training folder names the same ones; else empty strings.
+
+    Regularization folders (`N_class`) name no trigger and are left out.
+    """
+    subjects = set()
+    for item in [*items.train, *items.validation]:
+        repeats, _, subset = item.path.parent.name.partition("_")
+        if not (repeats.isdigit() and subset.strip()):
+            return "", ""
+        trigger, _, cls = subset.strip().partition(" ")
+        subjects.add((trigger, cls.strip()))
+    return subjects.pop() if len(subjects) == 1 else ("", "")
+
+
 def bucket_info(items: Items) -> dict[str, Any]:
     """kohya's `ss_bucket_info`: each bucket's size and how many image views it holds."""
     counts: Counter[tuple[int, int]] = Counter()
@@ -66,11 +83,13 @@ def training_metadata(
     plan: RunPlan,
     prediction: str,
     started: float,
-    processes: int = 1,
+    processes: int,
+    precision: str,
 ) -> dict[str, Any]:
     """kohya's training keys, so A1111, CivitAI and `lorakit` show how the file was made.
 
-    Hashing the base checkpoint reads it once: call this once per run.
+    Hashing the base checkpoint reads it once: call this once per run. `precision` is the
+    mixed precision that actually runs (a CPU trains fp16 configs in fp32).
     """
     c = config
     return {
@@ -96,7 +115,7 @@ def training_metadata(
         "ss_gradient_accumulation_steps": c.training.grad_accum,
         "ss_gradient_checkpointing": c.training.gradient_checkpointing,
         "ss_cache_latents": c.training.cache_latents != "none",
-        "ss_mixed_precision": c.training.mixed_precision,
+        "ss_mixed_precision": precision,
         "ss_seed": c.training.seed,
         "ss_clip_skip": c.training.clip_skip,
         "ss_noise_offset": c.training.noise_offset,
@@ -110,7 +129,7 @@ def training_metadata(
         "ss_tag_frequency": tag_frequency(items),
         "ss_dataset_dirs": dataset_dirs(items),
         "ss_bucket_info": bucket_info(items),
-        "trigger_phrase": c.dataset.trigger or None,
+        "trigger_phrase": c.dataset.trigger or folder_subject(items)[0] or None,
         **base_model_metadata(c.model.path),
     }
 
@@ -126,16 +145,23 @@ class Outputs:
         items: Items,
         plan: RunPlan,
         accelerator: Accelerator,
+        state: TrainState,
     ):
         self.config, self.network, self.base, self.items = config, network, base, items
-        self.accelerator = accelerator
+        self.accelerator, self.state = accelerator, state
         self.out = Path(config.saving.output_dir)
         self.name = config.saving.name
         te_lrs = config.text_encoder_lrs(len(base.text_encoders))
         self.lora_config = lora_config(config, te_lrs)
         prediction = prediction_type(config, base)
         self.training = training_metadata(
-            config, items, plan, prediction, time.time(), accelerator.num_processes
+            config,
+            items,
+            plan,
+            prediction,
+            time.time(),
+            accelerator.num_processes,
+            accelerator.mixed_precision,
         )
         self.last_saved: Path | None = None
         self.prompts = self._prompts()
@@ -170,7 +196,7 @@ class Outputs:
     def save_state(self, force: bool = False) -> None:
         """`state/` for `--resume` (when `saving.save_state`, or `force` for a planned stop)."""
         if force or self.config.saving.save_state:
-            ckpt.save_state(self.accelerator, self.out)
+            self.state.save(self.out)
 
     def _samples(self, progress: ckpt.Progress) -> None:
         if not (self.prompts and self.main):
@@ -226,7 +252,7 @@ class Outputs:
             if val_loss is not None:
                 scalars["loss/validation"] = val_loss
             monitor.scalars(scalars, epoch)
-            monitor.print(
+            monitor.result(
                 f"epoch {epoch}: train loss {train_loss:.4f}"
                 + (f", validation loss {val_loss:.4f}" if val_loss is not None else "")
                 + (f" → {self.last_saved.name}" if saved and self.last_saved else "")
@@ -242,11 +268,14 @@ class Outputs:
     def _summary(self, epoch: int, step: int, train: float, val: float | None, saved: bool) -> None:
         if not self.main:
             return
+        trigger, cls = folder_subject(self.items)
         header = {
             "name": self.name,
             "family": self.base.family.value,
-            "base_model": str(self.config.model.path),
-            "trigger": self.config.dataset.trigger,
+            # Absolute: `grid` and `pick` read it from wherever they run.
+            "base_model": str(Path(self.config.model.path).absolute()),
+            "trigger": self.config.dataset.trigger or trigger,
+            "class": cls,
         }
         entry = {
             "epoch": epoch,
@@ -260,9 +289,13 @@ class Outputs:
     def finish(self, progress: ckpt.Progress) -> None:
         """The last file, after the final epoch was closed (`progress.epoch` is the next)."""
         self.save_lora(ckpt.last_file(self.out, self.name), progress, epoch=progress.epoch - 1)
+        progress.finished = True
         self.save_state()
 
     def interrupted(self, progress: ckpt.Progress) -> None:
-        """Ctrl-C: keep the current LoRA as the last file and the state for `--resume`."""
-        self.save_lora(ckpt.last_file(self.out, self.name), progress)
+        """Ctrl-C: keep the current LoRA as the last file and the state for `--resume`.
+
+        Stopped between epochs, `progress.epoch` already names the next one."""
+        epoch = progress.epoch if progress.epoch_batches else progress.epoch - 1
+        self.save_lora(ckpt.last_file(self.out, self.name), progress, epoch=epoch)
         self.save_state(force=True)

@@ -9,21 +9,62 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from lorakit.families import NATIVE_SIDE
+from lorakit.errors import LorakitError
+from lorakit.families import NATIVE_SIDE, ModelFamily
+from lorakit.models.components import TEXT_ENCODERS
 from lorakit.models.family import detect_family
+from lorakit.threads import ThreadChoice
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import BucketBatchSampler, Items, build_items
+from lorakit.training.runtime import cpu_threads, effective_precision, precision_text
+
+
+def _check_text_encoder_rates(config: TrainConfig, family: str) -> None:
+    """Two text-encoder rates ([te1, te2]) are an SDXL setting; refuse them elsewhere."""
+    rates = config.optimizer.text_encoder_lr
+    encoders = len(TEXT_ENCODERS[ModelFamily(family)])
+    if isinstance(rates, list) and len(rates) > encoders:
+        raise LorakitError(
+            f"{config.model.path}: family {family} has {encoders} text encoder, but "
+            f"optimizer.text_encoder_lr = {rates} sets SDXL's two; give one rate"
+        )
+
+
+def checked_family(config: TrainConfig) -> tuple[str, str]:
+    """(family, where it came from): the file's own, which `model.family` must match.
+
+    Only the file's header or a folder's configs are read, so a dry run catches an SDXL
+    config pointed at an SD1.5 file. A dry run planned on a machine without the model
+    trusts `model.family` and says so.
+    """
+    model = config.model
+    path = Path(model.path)
+    if model.family and not path.exists():
+        family, origin = model.family, f"model.family; {path} is not here, so not checked"
+    else:
+        family = detect_family(path).value
+        if model.family and model.family != family:
+            raise LorakitError(
+                f"{path}: is family {family}, but model.family = {model.family!r}; drop "
+                f"model.family or set model.path to a {model.family} checkpoint"
+            )
+        origin = "model.family, checked against the file" if model.family else "from the file"
+    _check_text_encoder_rates(config, family)
+    return family, origin
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill what follows from the base model: its family and its native resolution."""
-    model = config.model
-    family = model.family or detect_family(model.path).value
+    return _resolved(config, checked_family(config)[0])
+
+
+def _resolved(config: TrainConfig, family: str) -> TrainConfig:
     resolution = config.dataset.resolution or NATIVE_SIDE[family]
     return config.model_copy(
         update={
-            "model": model.model_copy(update={"family": family}),
+            "model": config.model.model_copy(update={"family": family}),
             "dataset": config.dataset.model_copy(update={"resolution": resolution}),
         },
         deep=True,
@@ -126,8 +167,60 @@ def make_plan(config: TrainConfig, items: Items, world: int = 1) -> RunPlan:
     )
 
 
+def settings(
+    config: TrainConfig,
+    plan: RunPlan,
+    precision: str,
+    threads: ThreadChoice | None,
+    origins: dict[str, str] | None = None,
+) -> list[tuple[str, str]]:
+    """The resolved settings to review before training (the dry run and the run's table).
+
+    `origins` adds where the family and the resolution came from.
+    """
+    c, why = config, origins or {}
+
+    def origin(key: str) -> str:
+        return f" ({why[key]})" if key in why else ""
+
+    net, opt, sched = c.network, c.optimizer, c.scheduler
+    conv = f", conv rank {net.conv_rank}, conv alpha {net.conv_alpha}" if net.conv_rank else ""
+    args = f", args {opt.args}" if opt.args else ""
+    cycles = f", {sched.num_cycles} cycles" if sched.name == "cosine_with_restarts" else ""
+    rows = [
+        ("base model", f"{c.model.path}"),
+        ("family", f"{c.model.family}{origin('family')}"),
+        ("resolution", f"{c.dataset.resolution}{origin('resolution')}"),
+        ("network", f"rank {net.rank}, alpha {net.alpha}{conv}"),
+        (
+            "optimizer",
+            f"{opt.name}, unet lr {opt.unet_lr}, text encoder lr {opt.text_encoder_lr}, "
+            f"weight decay {opt.weight_decay}{args}",
+        ),
+        ("scheduler", f"{sched.name}, warmup {sched.warmup_steps} steps{cycles}"),
+        ("batch", f"{c.training.batch_size} × grad_accum {c.training.grad_accum}"),
+        ("precision", precision),
+        ("seed", str(c.training.seed)),
+    ]
+    if threads is not None:
+        rows.append(("threads", threads.describe()))
+    return rows + [("plan", line) for line in plan.lines(c)]
+
+
 def dry_run(config: TrainConfig) -> list[str]:
-    """The plan lines for `config`, reading only folder listings and image headers."""
-    config = resolve(config)
+    """The settings and plan for `config`, reading only the model's header or configs,
+    folder listings and image headers."""
+    family, family_origin = checked_family(config)
+    origins = {
+        "family": family_origin,
+        "resolution": "dataset.resolution"
+        if config.dataset.resolution
+        else f"the {family} native size",
+    }
+    config = _resolved(config, family)
     items = build_items(config, config.dataset.resolution or 512)
-    return make_plan(config, items).lines(config)
+    plan = make_plan(config, items)
+    config = config.with_warmup_steps(plan.total_steps)
+    precision = precision_text(config, effective_precision(config)[0])
+    rows = settings(config, plan, precision, cpu_threads(config, None), origins)
+    return [f"{key}: {value}" for key, value in rows]

@@ -20,21 +20,47 @@ from lorakit.models import BaseModel, load_base_model
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
+from lorakit.threads import ThreadChoice, choose_threads
 from lorakit.training.caching import LatentCache, TextCache, text_encoder
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import Items, TrainItem
 from lorakit.training.optim import make_optimizer, make_scheduler
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def effective_precision(config: TrainConfig) -> tuple[str, list[str]]:
+    """The mixed precision this machine runs: fp16 falls back to fp32 without a GPU."""
+    precision = config.training.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        return "no", ["fp16 needs a CUDA GPU; training in fp32 on this machine"]
+    return precision, []
+
+
+def precision_text(config: TrainConfig, precision: str) -> str:
+    """What actually runs (the LoRA's `ss_mixed_precision` says the same), and why when
+    it is not what the config asked for."""
+    weights = DTYPE_NAMES[weight_dtype(config, precision)]
+    text = "no (fp32)" if precision == "no" else f"{precision} (autocast, {weights} weights)"
+    asked = config.training.mixed_precision
+    if precision != asked:
+        text += f"; training.mixed_precision {asked} needs a CUDA GPU"
+    return text
+
+
+def cpu_threads(config: TrainConfig, unet: torch.nn.Module | None) -> ThreadChoice | None:
+    """Torch's thread count for a run without CUDA (None with CUDA: the GPU does the work).
+    `unet` None (a dry run) gives the rule instead of a count."""
+    if torch.cuda.is_available():
+        return None
+    parameters = None if unet is None else sum(p.numel() for p in unet.parameters())
+    return choose_threads(config.training.cpu_threads, parameters)
 
 
 def make_accelerator(config: TrainConfig) -> tuple[Accelerator, list[str]]:
     """An accelerator for this machine; fp16 falls back to fp32 where there is no GPU."""
-    notes = []
-    precision = config.training.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        notes.append("fp16 needs a CUDA GPU; training in fp32 on this machine")
-        precision = "no"
+    precision, notes = effective_precision(config)
     # accelerate keeps process-wide singletons; a process that trains twice (a notebook, the
     # tests) must clear them, or the second run keeps the first run's precision and
     # accumulation (a changed mixed_precision even raises). accelerate 1.x has no public
@@ -82,7 +108,8 @@ def lora_config(config: TrainConfig, te_lrs: list[float]) -> LoRAConfig:
 
 def prepare_model(config: TrainConfig, accelerator: Accelerator) -> BaseModel:
     dtype = weight_dtype(config, accelerator.mixed_precision)
-    base = load_base_model(config.model.path, dtype=dtype, family=config.model.family)
+    model = config.model
+    base = load_base_model(model.path, dtype=dtype, family=model.family, config=model.config)
     for module in (base.unet, base.vae, *base.text_encoders):
         module.requires_grad_(False)
         module.to(accelerator.device)

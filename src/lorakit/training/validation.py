@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lorakit.progress import task
 from lorakit.training.data import TrainItem
 from lorakit.training.objective import Objective
 
@@ -44,10 +45,15 @@ class Validator:
     @torch.no_grad()
     def loss(self, predict: Predict) -> float:
         """Mean plain MSE over all fixed cases (no min-SNR weighting: a stable yardstick)."""
-        total = torch.zeros((), device=self.cases[0][1].device) if self.cases else None
-        for item, latent, noise, t in self.cases:
-            noisy = self.objective.add_noise(latent, noise, t)
-            target = self.objective.target(latent, noise, t)
-            pred = predict(noisy, t, [item])
-            total = total + (pred.float() - target.float()).pow(2).mean()
-        return float(total) / len(self.cases) if self.cases else float("nan")
+        if not self.cases:
+            return float("nan")
+        total = torch.zeros((), device=self.cases[0][1].device)
+        # Each case is a full U-Net pass: minutes per epoch for a full-size model on a CPU.
+        with task("validation", total=len(self.cases)) as advance:
+            for item, latent, noise, t in self.cases:
+                noisy = self.objective.add_noise(latent, noise, t)
+                target = self.objective.target(latent, noise, t)
+                pred = predict(noisy, t, [item])
+                total = total + (pred.float() - target.float()).pow(2).mean()
+                advance()
+        return float(total) / len(self.cases)

@@ -1,0 +1,131 @@
+"""Results page: the loss chart, epoch files, the epoch × weight grid, pick and verify.
+
+The grid and `lora verify` load models, so they are worker jobs running the CLI commands
+(`lorakit grid`, `lorakit lora verify --json`); the grid image stays on disk and is shown
+again until a newer epoch file makes it stale. `pick` only reads the run folder and runs
+in the request, through `lorakit.inference.pick` as `lorakit pick` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from lorakit.errors import LorakitError
+from lorakit.inference.pick import pick
+from lorakit.inference.run import load_summary
+from lorakit.training.checkpoint import read_summary
+from lorakit.ui.app import UI, redirect, ui_of
+from lorakit.ui.jobs import Job
+from lorakit.ui.projects import Project
+
+router = APIRouter()
+
+
+def run_summary(project: Project) -> dict[str, Any]:
+    try:
+        return read_summary(project.out) if project.out.is_dir() else {}
+    except LorakitError:
+        return {}
+
+
+def lora_files(project: Project) -> list[Path]:
+    if not project.out.is_dir():
+        return []
+    return sorted(project.out.glob("*.safetensors"))
+
+
+def grid_is_current(project: Project) -> bool:
+    grid = project.out / "grid.png"
+    files = lora_files(project)
+    newest = max((f.stat().st_mtime for f in files), default=0.0)
+    return grid.is_file() and grid.stat().st_mtime >= newest
+
+
+def verify_result(ui: UI, job: Job | None) -> dict[str, Any] | None:
+    if job is None or job.state != "done":
+        return None
+    try:
+        return json.loads(ui.jobs.out_path(job.id).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _chart(summary: dict[str, Any]) -> dict[str, Any]:
+    epochs = summary.get("epochs", [])
+    return {
+        "series": [
+            [e["epoch"] for e in epochs],
+            [e.get("train_loss") for e in epochs],
+            [e.get("val_loss") for e in epochs],
+        ],
+        "labels": ["epoch", "train loss", "validation loss"],
+    }
+
+
+@router.get("/p/{project_id}/results", response_class=HTMLResponse)
+def results_page(request: Request, project_id: int) -> HTMLResponse:
+    ui = ui_of(request)
+    project = ui.projects.get(project_id)
+    summary = run_summary(project)
+    verify_job = ui.jobs.latest(project.id, "verify")
+    return ui.page(
+        request,
+        "results.html",
+        project=project,
+        stage="results",
+        summary=summary,
+        chart=_chart(summary),
+        files=[f.name for f in lora_files(project)],
+        grid=grid_is_current(project),
+        grid_job=ui.jobs.latest(project.id, "grid"),
+        report=summary.get("pick"),
+        verify_job=verify_job,
+        verify=verify_result(ui, verify_job),
+    )
+
+
+def base_model(project: Project) -> str:
+    summary = run_summary(project)
+    model = summary.get("base_model")
+    if not model:
+        raise LorakitError(f"{project.out}: no finished epoch yet; train first")
+    return str(model)
+
+
+@router.post("/p/{project_id}/grid")
+def render_grid(request: Request, project_id: int, steps: int = Form(20)) -> Response:
+    ui = ui_of(request)
+    project = ui.projects.get(project_id)
+    load_summary(project.out)
+    if not 1 <= steps <= 150:
+        raise LorakitError(f"steps must be between 1 and 150, got {steps}")
+    argv = ["grid", str(project.out), "--seed", "1", "--steps", str(steps)]
+    job = ui.jobs.submit(project.id, "grid", argv, {"cwd": str(project.work)})
+    return redirect(f"/jobs/{job.id}")
+
+
+@router.post("/p/{project_id}/pick", response_class=HTMLResponse)
+def pick_epoch(request: Request, project_id: int) -> HTMLResponse:
+    """`lorakit pick`'s analysis (stored in summary.json), shown in place."""
+    ui = ui_of(request)
+    project = ui.projects.get(project_id)
+    report = asdict(pick(project.out))
+    return ui.fragment(request, "pick.html", project=project, report=report)
+
+
+@router.post("/p/{project_id}/verify")
+def verify(request: Request, project_id: int, name: str = Form(...)) -> Response:
+    ui = ui_of(request)
+    project = ui.projects.get(project_id)
+    if name not in {f.name for f in lora_files(project)}:
+        raise LorakitError(f"{name}: not a LoRA file of this run")
+    argv = ["lora", "verify", str(project.out / name), "--json", "--base", base_model(project)]
+    info = {"cwd": str(project.work), "ok_codes": [0, 1], "file": name}
+    job = ui.jobs.submit(project.id, "verify", argv, info)
+    return redirect(f"/jobs/{job.id}")

@@ -1,0 +1,159 @@
+"""The UI's server side without a browser: confinement, token, CSRF, the queue, progress."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lorakit.cli.main import main as lorakit
+from lorakit.errors import LorakitError
+from lorakit.training.config import config_from_dict
+from lorakit.ui import forms
+from lorakit.ui.app import create_app
+from lorakit.ui.jobs import JobStore
+from lorakit.ui.progress import EventTail, train_progress
+from lorakit.ui.security import Roots
+from lorakit.ui.store import DataDir
+
+
+def client(tmp_path: Path, token: str | None = None) -> TestClient:
+    app = create_app([tmp_path], tmp_path / ".ui", token=token, start_worker=False)
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
+def csrf(c: TestClient) -> str:
+    page = c.get("/").text
+    return page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+
+def test_roots_refuse_escapes(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    roots = Roots([root])
+    assert roots.resolve("inner") == (root / "inner").resolve()
+    for bad, why in (
+        (str(outside), "outside the folders"),
+        ("inner/../../outside", "'..' is not allowed"),
+        (str(root / "escape"), "outside the folders"),
+        (str(root / "escape" / "x.png"), "outside the folders"),
+        ("", "is empty"),
+    ):
+        with pytest.raises(LorakitError, match=why):
+            roots.resolve(bad)
+
+
+def test_non_loopback_host_needs_a_token(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["ui", "--host", "0.0.0.0", "--root", str(tmp_path), "--data-dir", str(tmp_path / "d")]
+    assert lorakit(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--token" in err[0]
+    assert not (tmp_path / "d").exists()
+
+
+def test_token_is_required_on_every_request(tmp_path: Path) -> None:
+    c = client(tmp_path, token="s3cret")
+    assert c.get("/").status_code == 401
+    assert c.get("/static/ui.js").status_code == 401
+    assert c.get("/?token=wrong").status_code == 401
+    assert c.get("/?token=s3cret").status_code == 200
+    assert c.get("/jobs").status_code == 200  # the cookie set above carries it
+
+
+def test_posts_need_the_csrf_token_and_a_local_host(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    c = client(tmp_path)
+    form = {"folder": str(tmp_path / "photos")}
+    assert c.post("/projects", data=form).status_code == 403
+    bad = c.post("/projects", data=form, headers={"X-CSRF-Token": "guess"})
+    assert bad.status_code == 403
+    refused = c.post("/projects", data=form, headers={"X-CSRF-Token": csrf(c)})
+    assert refused.status_code == 422 and "no images found" in refused.text
+    assert c.get("/", headers={"host": "evil.example:80"}).status_code == 400
+
+
+def test_a_job_whose_worker_died_is_interrupted(tmp_path: Path) -> None:
+    jobs = JobStore(DataDir(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    job = jobs.submit(1, "train", ["train", "x.toml"], {"out": str(tmp_path)})
+    claimed = jobs.claim_next(dead.pid)
+    assert claimed is not None and claimed.id == job.id and claimed.state == "running"
+    dead.wait()
+    live = jobs.submit(2, "train", ["train", "y.toml"], {})
+    jobs.claim_next(os.getpid())
+    assert jobs.reconcile() == [job.id]
+    assert jobs.get(job.id).label == "interrupted — resume"
+    assert jobs.get(live.id).state == "running"
+    with pytest.raises(LorakitError, match="already running"):
+        jobs.submit(2, "train", ["train", "y.toml"], {})
+
+
+def test_worker_runs_the_cli_and_records_errors(tmp_path: Path) -> None:
+    data = DataDir(tmp_path / "data")
+    jobs = JobStore(data)
+    ok = jobs.submit(None, "version", ["--version"], {})
+    bad = jobs.submit(None, "plan", ["dataset", "plan", str(tmp_path / "nope")], {})
+    worker = subprocess.Popen([sys.executable, "-m", "lorakit.ui.worker", str(data.root)])
+    try:
+        for _ in range(600):
+            if jobs.get(bad.id).state not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert jobs.get(ok.id).state == "done"
+    assert jobs.out_path(ok.id).read_text().startswith("lorakit ")
+    failed = jobs.get(bad.id)
+    assert failed.state == "failed" and failed.exit_code == 2
+    assert failed.message == f"{tmp_path / 'nope'}: folder not found; check the path"
+
+
+def test_progress_from_tensorboard_files(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    for step in range(1, 6):
+        writer.add_scalar("loss/current", 1.0 / step, step)
+        writer.add_scalar("loss/average", 2.0 / step, step)
+    writer.flush()
+    tail = EventTail(tmp_path)
+    progress = train_progress(tail, total=20)
+    assert (progress["step"], progress["percent"], progress["loss"]) == (5, 25, "0.4000")
+    assert progress["chart"][0] == [1, 2, 3, 4, 5]
+    for step in range(6, 11):
+        writer.add_scalar("loss/current", 0.01, step)
+    writer.flush()
+    writer.close()
+    assert train_progress(tail, total=20)["step"] == 10
+    events = next(tmp_path.glob("events.out.tfevents.*"))
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / events.name).write_bytes(events.read_bytes()[:-7])  # a record half written
+    assert train_progress(EventTail(cut), total=20)["step"] == 9
+
+
+def as_submitted(shown: dict[str, str]) -> dict[str, str]:
+    """What a browser posts: ticked checkboxes as "on", unticked ones not at all."""
+    return {k: ("on" if v == "true" else v) for k, v in shown.items() if v != "false"}
+
+
+def test_form_round_trip_and_inline_field() -> None:
+    assert forms.form_to_data(as_submitted(forms.values({}))) == {}
+    shown = forms.values({"training": {"epochs": 3}, "optimizer": {"args": {"betas": [0.9, 0.99]}}})
+    submitted = as_submitted(shown)
+    data = forms.form_to_data(submitted)
+    assert data == {"training": {"epochs": 3}, "optimizer": {"args": {"betas": [0.9, 0.99]}}}
+    bad = forms.form_to_data({**submitted, "network.rank": "0"})
+    with pytest.raises(LorakitError) as caught:
+        config_from_dict(bad, "train.toml")
+    assert forms.field_of(str(caught.value), bad) == "network.rank"
+    missing = {"model": {"path": "/m/none.safetensors"}}
+    assert forms.field_of("/m/none.safetensors: not found", missing) == "model.path"
