@@ -24,6 +24,7 @@ from rich.console import Console
 
 from lorakit.cli.dataset import print_findings
 from lorakit.cli.main import main as lorakit
+from lorakit.cli.ui import DEFAULT_PORT
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.lint import has_errors, lint_dataset
 from lorakit.dataset.scan import is_image_file
@@ -179,6 +180,11 @@ def print_results(lora_dir: Path, image: Path) -> None:
     ]
     for label, path in rows:
         print(f"  {label:<24} {path.resolve()}")
+    demo_root = lora_dir.parent.resolve()
+    print(
+        f"\nOpen it in the browser: .venv/bin/lorakit ui --root {demo_root}, then "
+        f"http://127.0.0.1:{DEFAULT_PORT}/ and start a project from {demo_root / 'photos'}"
+    )
 
 
 def prepare_dataset(out: Path) -> Path:

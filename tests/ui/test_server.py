@@ -157,3 +157,16 @@ def test_form_round_trip_and_inline_field() -> None:
     assert forms.field_of(str(caught.value), bad) == "network.rank"
     missing = {"model": {"path": "/m/none.safetensors"}}
     assert forms.field_of("/m/none.safetensors: not found", missing) == "model.path"
+
+
+def test_a_start_into_a_folder_holding_a_run_needs_start_over(tmp_path: Path) -> None:
+    from lorakit.ui.routes_train import start_over_args
+
+    out = tmp_path / "out"
+    assert start_over_args(out, "tiny", {}) == []
+    out.mkdir()
+    (out / "tiny-000001.safetensors").write_bytes(b"x")
+    with pytest.raises(LorakitError, match=r"holds an earlier run.*start over"):
+        start_over_args(out, "tiny", {})
+    assert start_over_args(out, "tiny", {"overwrite": "1"}) == ["--overwrite"]
+    assert (out / "tiny-000001.safetensors").read_bytes() == b"x"

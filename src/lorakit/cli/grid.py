@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("run_dir", nargs="?", type=Path, help="training output folder")
     parser.add_argument("--model", type=Path, help="base model (default: the run's base model)")
-    parser.add_argument("--prompt", help="prompt (default: the run's trigger word)")
+    parser.add_argument("--prompt", help="prompt (default: the run's trigger and class words)")
     parser.add_argument("--lora", action="append", default=[], type=Path, help="LoRA file column")
     parser.add_argument(
         "--epochs",
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         print(plot_loss(summary, args.run_dir / "loss.png"))
     if args.loss_only:
         return 0
-    prompt = args.prompt or summary.get("trigger")
+    prompt = args.prompt or " ".join(
+        word for word in (summary.get("trigger"), summary.get("class")) if word
+    )
     model = args.model or summary.get("base_model")
     if not prompt or not model:
         raise LorakitError("the run names no trigger or base model; pass --prompt and --model")

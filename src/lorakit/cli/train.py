@@ -123,7 +123,7 @@ def _resolved(args: argparse.Namespace) -> tuple[TrainConfig, list[str], str | N
     return config, lines, prompt_text
 
 
-def _require(config: TrainConfig) -> None:
+def require_paths(config: TrainConfig) -> None:
     if not config.model.path:
         raise LorakitError("model.path is not set; add it to the config or --set model.path=...")
     if not config.dataset.path:
@@ -132,7 +132,7 @@ def _require(config: TrainConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config, lines, prompt_text = _resolved(args)
-    _require(config)
+    require_paths(config)
     if args.dry_run:
         from lorakit.training.plan import dry_run
 

@@ -18,10 +18,11 @@ import tomli_w
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from lorakit.cli.train import PRESET_TYPES, _require, build_config
+from lorakit.cli.train import PRESET_TYPES, build_config, require_paths
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
 from lorakit.training.config import TrainConfig, merge, read_toml
+from lorakit.training.rundir import run_files
 from lorakit.ui import forms
 from lorakit.ui.app import UI, redirect, ui_of
 from lorakit.ui.projects import Project
@@ -87,7 +88,7 @@ def check(ui: UI, project: Project, data: dict[str, Any], preset: str | None) ->
             config, reasons = build_config(args)
         except LorakitError as exc:  # name the file the user knows, not the draft
             raise LorakitError(str(exc).replace(draft.name, str(project.config_path))) from None
-    _require(config)
+    require_paths(config)
     lines = dry_run(config)
     atomic_write_text(project.config_path, text)
     command = f"lorakit train {shlex.quote(str(project.config_path))}"
@@ -189,15 +190,30 @@ def total_steps(config: TrainConfig) -> int:
     return make_plan(resolved, items).total_steps
 
 
+def start_over_args(out: Path, name: str, form: Any) -> list[str]:
+    """`--overwrite` when the person ticked "start over"; a folder that holds another run is
+    refused before queueing, as the CLI would refuse it, rather than failing in the worker."""
+    if form.get("overwrite"):
+        return ["--overwrite"]
+    if run_files(out, name):
+        raise LorakitError(
+            f"{out} holds an earlier run; resume it from the Jobs page, or tick "
+            "'start over' to move it aside into .previous-<time>/ (nothing is deleted)"
+        )
+    return []
+
+
 @router.post("/p/{project_id}/train/start")
 async def train_start(request: Request, project_id: int) -> Response:
     ui = ui_of(request)
     project = ui.projects.get(project_id)
-    _, preset, result, error = _evaluate(request, project, await request.form())
+    form = await request.form()
+    _, preset, result, error = _evaluate(request, project, form)
     if error is not None:
         raise LorakitError(error)
     config = result["config"]
     argv = ["train", str(project.config_path)] + (["--preset", preset] if preset else [])
+    argv += start_over_args(Path(config.saving.output_dir), config.saving.name, form)
     info = {"out": config.saving.output_dir, "total": total_steps(config), "cwd": str(project.work)}
     job = ui.jobs.submit(project.id, "train", argv, info)
     ui.projects.update(project, preset=preset)
