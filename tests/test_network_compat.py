@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 
 from lorakit.network.config import LoRAConfig
 from lorakit.network.convert import convert_file
@@ -96,3 +97,19 @@ def test_diffusers_format_lora_converted_to_kohya_matches(tmp_path: Path, family
     unet_back, text_back = support.forward(fresh)
     assert support.max_diff(unet_back, peft_unet) <= 1e-5
     assert support.max_diff(text_back, peft_text) <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_unet_only_lora_verifies(tmp_path: Path, family: str) -> None:
+    """text_encoder_lr = 0 is common: diffusers' "no LoRA keys for CLIPTextModel" notice is
+    not an ignored key, while a key it really drops still fails the check."""
+    base = support.tiny_base(family)
+    network = LoRANetwork.inject(base, LoRAConfig(rank=4, alpha=2.0), multiplier=1.0)
+    support.randomise(network)
+    path = network.save(tmp_path / "net.safetensors", dtype=torch.float32)
+    state, metadata = load_lora_file(path)
+    unet_only = {k: v for k, v in state.items() if k.startswith("lora_unet_")}
+    assert len(unet_only) < len(state)
+    save_file(unet_only, tmp_path / "unet.safetensors", metadata)
+    report = verify_lora(tmp_path / "unet.safetensors", base=support.tiny_base(family))
+    assert report.ok, report
