@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from lorakit.ui.jobs import JobStore
 from lorakit.ui.progress import EventTail, train_progress
 from lorakit.ui.security import Roots
 from lorakit.ui.store import DataDir
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def client(tmp_path: Path, token: str | None = None) -> TestClient:
@@ -170,3 +173,25 @@ def test_a_start_into_a_folder_holding_a_run_needs_start_over(tmp_path: Path) ->
         start_over_args(out, "tiny", {})
     assert start_over_args(out, "tiny", {"overwrite": "1"}) == ["--overwrite"]
     assert (out / "tiny-000001.safetensors").read_bytes() == b"x"
+
+
+def test_an_imported_config_keeps_the_projects_folders(tmp_path: Path) -> None:
+    """A kohya_ss JSON names another machine's folders (here Windows ones): the project's
+    photos and output folder stay what the project says."""
+    from tests.ui.test_bad_input import write_photos
+
+    write_photos(tmp_path / "photos")
+    c = client(tmp_path)
+    token = {"X-CSRF-Token": csrf(c)}
+    made = c.post("/projects", data={"folder": str(tmp_path / "photos")}, headers=token)
+    project = made.headers["HX-Redirect"].split("/")[2]
+    settings = json.loads(
+        (ROOT / "tests/fixtures/kohya_ss/locon-AdamW8bit.json").read_text(encoding="utf-8")
+    )
+    settings |= {"output_dir": "d:\\lycoris\\sdxl", "train_data_dir": "d:\\lycoris\\img"}
+    upload = {"file": ("gui.json", json.dumps(settings).encode(), "application/json")}
+    page = c.post(f"/p/{project}/train/import", files=upload, data={"kind": "kohya"}, headers=token)
+    assert page.status_code == 200, page.text
+    assert "lycoris" not in page.text
+    assert f'value="{tmp_path / ".ui"}' in page.text  # the project's folders, under its data dir
+    assert "project&#39;s own photo and output folders are kept" in page.text

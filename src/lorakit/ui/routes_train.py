@@ -170,8 +170,12 @@ async def train_import(
         path = Path(scratch) / name
         path.write_bytes(await file.read())
         result = (import_kohya if kind == "kohya" else import_civitai)(path)
-    data = merge(initial_data(project), result.overrides)
-    notes = [f"imported {name}", *result.notes]
+    # The project owns its photos and its output folder; the file's paths are another
+    # machine's (often Windows), so they never replace those.
+    own = {"dataset": {"path": str(project.run)}, "saving": {"output_dir": str(project.out)}}
+    data = merge(merge(initial_data(project), result.overrides), own)
+    kept = [note for note in result.notes if not note.startswith("output_dir ")]
+    notes = [f"imported {name}; the project's own photo and output folders are kept", *kept]
     if result.sample_prompts:
         prompts = project.work / "sample_prompts.txt"
         atomic_write_text(prompts, result.sample_prompts.rstrip("\n") + "\n")
