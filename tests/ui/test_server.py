@@ -195,3 +195,29 @@ def test_an_imported_config_keeps_the_projects_folders(tmp_path: Path) -> None:
     assert "lycoris" not in page.text
     assert f'value="{tmp_path / ".ui"}' in page.text  # the project's folders, under its data dir
     assert "project&#39;s own photo and output folders are kept" in page.text
+
+
+def test_bulk_tag_edit_previews_then_writes(tmp_path: Path) -> None:
+    from tests.ui.test_bad_input import write_photos
+
+    write_photos(tmp_path / "photos")
+    c = client(tmp_path)
+    token = {"X-CSRF-Token": csrf(c)}
+    made = c.post("/projects", data={"folder": str(tmp_path / "photos")}, headers=token)
+    project = made.headers["HX-Redirect"].split("/")[2]
+    prep = {"trigger": "zkz", "class_name": "robot", "repeats": "2"}
+    assert "prepared 3 images" in c.post(f"/p/{project}/prep", data=prep, headers=token).text
+    captions = sorted((tmp_path / ".ui").rglob("run/img/*/*.txt"))
+    before = [path.read_text(encoding="utf-8") for path in captions]
+    assert len(captions) == 3 and all("smiling" not in text for text in before)
+
+    edit = {"op": "add", "tags": "smiling"}
+    preview = c.post(f"/p/{project}/tags/preview", data=edit, headers=token)
+    assert preview.status_code == 200 and "+" in preview.text and "smiling" in preview.text
+    assert [path.read_text(encoding="utf-8") for path in captions] == before
+
+    applied = c.post(f"/p/{project}/tags/apply", data=edit, headers=token)
+    assert "changed 3 of 3 caption files" in applied.text
+    assert all("smiling" in path.read_text(encoding="utf-8") for path in captions)
+    bad = c.post(f"/p/{project}/tags/apply", data={"op": "explode", "tags": "x"}, headers=token)
+    assert bad.status_code == 422 and "unknown tag action" in bad.text

@@ -7,9 +7,11 @@ apply only on a second, explicit request.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from lorakit.captioning.choices import ExistingCaptions
@@ -110,23 +112,27 @@ def _operation(op: str, tags: str, new: str):
     raise LorakitError(f"unknown tag action {op!r}; use add, remove or replace")
 
 
-def _edits(project: Project, op: str, tags: str, new: str, files: str):
-    found = find_caption_files(project.run, ext=CAPTION_EXT, files=files.strip() or None)
-    return found, plan_edits(found.captions, _operation(op, tags, new))
+@dataclass(frozen=True)
+class TagEditForm:
+    """The bulk tag form, shared by its preview and its apply buttons."""
+
+    op: str = Form(...)
+    tags: str = Form("")
+    new: str = Form("")
+    files: str = Form("")
+
+    def edits(self, project: Project):
+        found = find_caption_files(project.run, ext=CAPTION_EXT, files=self.files.strip() or None)
+        return found, plan_edits(found.captions, _operation(self.op, self.tags, self.new))
 
 
 @router.post("/p/{project_id}/tags/preview", response_class=HTMLResponse)
 def preview_tags(
-    request: Request,
-    project_id: int,
-    op: str = Form(...),
-    tags: str = Form(""),
-    new: str = Form(""),
-    files: str = Form(""),
+    request: Request, project_id: int, form: Annotated[TagEditForm, Depends()]
 ) -> HTMLResponse:
     ui = ui_of(request)
     project = ui.projects.get(project_id)
-    found, edits = _edits(project, op, tags, new, files)
+    found, edits = form.edits(project)
     diff = [line for edit in edits for line in unified_diff(edit, project.run)]
     return ui.fragment(
         request,
@@ -135,21 +141,16 @@ def preview_tags(
         diff=diff,
         changes=len(edits),
         total=len(found.captions),
-        form={"op": op, "tags": tags, "new": new, "files": files},
+        form=asdict(form),
     )
 
 
 @router.post("/p/{project_id}/tags/apply", response_class=HTMLResponse)
 def apply_tags(
-    request: Request,
-    project_id: int,
-    op: str = Form(...),
-    tags: str = Form(""),
-    new: str = Form(""),
-    files: str = Form(""),
+    request: Request, project_id: int, form: Annotated[TagEditForm, Depends()]
 ) -> HTMLResponse:
     project = ui_of(request).projects.get(project_id)
-    found, edits = _edits(project, op, tags, new, files)
+    found, edits = form.edits(project)
     apply_edits(edits)
     return message(f"changed {len(edits)} of {len(found.captions)} caption files")
 
