@@ -128,16 +128,7 @@ class JobStore:
         double click (or a second tab) cannot start the same run twice."""
         info = {"slot": kind, **info}
         with self.data.connect() as db:
-            for row in db.execute(
-                "SELECT * FROM jobs WHERE project_id IS ? AND state IN (?, ?)",
-                (project_id, *ACTIVE),
-            ).fetchall():
-                other = Job.from_row(row)
-                if other.slot == info["slot"]:
-                    raise LorakitError(
-                        f"job #{other.id} ({other.kind}) is already {other.state} for this "
-                        "project; wait for it or stop it first"
-                    )
+            self._refuse_active(db, project_id, info["slot"])
             cursor = db.execute(
                 "INSERT INTO jobs (project_id, kind, argv, info, state, created) "
                 "VALUES (?, ?, ?, ?, 'queued', ?)",
@@ -145,6 +136,25 @@ class JobStore:
             )
             job_id = int(cursor.lastrowid or 0)
         return self.get(job_id)
+
+    def refuse_active(self, project_id: int | None, slot: str) -> None:
+        """One line when a job of `slot` is queued or running for the project (checked again
+        inside `submit`; callers use this to answer that before any other check)."""
+        with self.data.connect() as db:
+            self._refuse_active(db, project_id, slot)
+
+    @staticmethod
+    def _refuse_active(db: Any, project_id: int | None, slot: str) -> None:
+        for row in db.execute(
+            "SELECT * FROM jobs WHERE project_id IS ? AND state IN (?, ?)",
+            (project_id, *ACTIVE),
+        ).fetchall():
+            other = Job.from_row(row)
+            if other.slot == slot:
+                raise LorakitError(
+                    f"job #{other.id} ({other.kind}) is already {other.state} for this "
+                    "project; wait for it or stop it first"
+                )
 
     def claim_next(self, worker_pid: int) -> Job | None:
         """The oldest queued job, now running under this worker."""

@@ -217,6 +217,7 @@ async def train_start(request: Request, project_id: int) -> Response:
         raise LorakitError(error)
     config = result["config"]
     argv = ["train", str(project.config_path)] + (["--preset", preset] if preset else [])
+    ui.jobs.refuse_active(project.id, "train")
     argv += start_over_args(Path(config.saving.output_dir), config.saving.name, form)
     info = {"out": config.saving.output_dir, "total": total_steps(config), "cwd": str(project.work)}
     job = ui.jobs.submit(project.id, "train", argv, info)
