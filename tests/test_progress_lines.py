@@ -11,9 +11,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lorakit.dataset.progress import track
 from lorakit.models import file_hashes
-from lorakit.progress import Board, rate
+from lorakit.progress import Board, rate, track
 
 
 class FakeClock:

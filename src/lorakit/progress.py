@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console, RenderableType
 from rich.progress import (
@@ -268,3 +268,16 @@ def task(description: str, total: float, unit: str = "it") -> Iterator[Callable[
             yield partial(board.advance, task_id)
         finally:
             board.remove_task(task_id)
+
+
+T = TypeVar("T")
+
+
+def track(items: Sequence[T], description: str) -> Iterator[T]:
+    """Iterate with a transient bar on stderr (stdout stays clean for `--json` output); off
+    a terminal, a line every 30 s of a slow loop (none for a quick one). A sequence, so the
+    bar knows its length."""
+    with task(description, total=len(items)) as advance:
+        for item in items:
+            yield item
+            advance()

@@ -21,10 +21,10 @@ from lorakit.captioning.choices import DEFAULT_EXT, ExistingCaptions
 from lorakit.captioning.prefix import CaptionStyle
 from lorakit.captioning.tags import tag_frequencies
 from lorakit.dataset.images import load_rgb
-from lorakit.dataset.progress import track
 from lorakit.dataset.scan import scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
+from lorakit.progress import track
 
 
 @dataclass(frozen=True)

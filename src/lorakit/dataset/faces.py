@@ -34,8 +34,8 @@ from lorakit.dataset.face_detect import (
 from lorakit.dataset.findings import Finding, Severity
 from lorakit.dataset.images import load_rgb
 from lorakit.dataset.mirror import MirrorResult, antisymmetry, judge_mirrored
-from lorakit.dataset.progress import track
 from lorakit.errors import LorakitError
+from lorakit.progress import track
 
 __all__ = [
     "FaceBox",

@@ -48,9 +48,9 @@ from lorakit.dataset.images import (
     to_rgb,
     upright,
 )
-from lorakit.dataset.progress import track
 from lorakit.dataset.scan import DatasetScan, ImageRecord, scan_dataset
 from lorakit.errors import LorakitError
+from lorakit.progress import track
 
 ANALYSIS_SIDE = 512
 MIN_SIDE = 256

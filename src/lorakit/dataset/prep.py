@@ -22,10 +22,10 @@ from lorakit.dataset.captions import has_trigger
 from lorakit.dataset.choices import CROPS, FACE_MARGIN
 from lorakit.dataset.images import load_rgb
 from lorakit.dataset.plan import repeats_for
-from lorakit.dataset.progress import track
 from lorakit.dataset.scan import DatasetScan, ImageRecord, scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_bytes
+from lorakit.progress import track
 
 if TYPE_CHECKING:
     from lorakit.dataset.face_detect import FaceDetector

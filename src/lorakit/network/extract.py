@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.dataset.progress import track
 from lorakit.errors import LorakitError
 from lorakit.network.base_weights import Checkpoint, WeightRef, family_architecture, open_checkpoint
 from lorakit.network.files import parse_dtype, save_lora_file
@@ -23,6 +22,7 @@ from lorakit.network.naming import Site
 from lorakit.network.pairs import LoRAPair, pairs_state, reworked_metadata
 from lorakit.network.resize import check_output, check_ranks
 from lorakit.network.svd import ModuleFit, randomized_svd
+from lorakit.progress import track
 
 DEFAULT_MIN_DIFF = 1e-4
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from lorakit.dataset.progress import track
 from lorakit.errors import LorakitError
 from lorakit.network.base_weights import Checkpoint, WeightRef, open_checkpoint
 from lorakit.network.files import parse_dtype
 from lorakit.network.pairs import LoRAFile, LoRAPair, read_lora
 from lorakit.network.tensorfile import Entry, write_streamed
+from lorakit.progress import track
 
 # Files a diffusers folder holds weights in; all but the ones rewritten are left out.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx")

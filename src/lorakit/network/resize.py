@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from lorakit.dataset.progress import track
 from lorakit.errors import LorakitError
 from lorakit.network.files import parse_dtype, save_lora_file
 from lorakit.network.pairs import LoRAPair, pairs_state, read_lora, reworked_metadata
 from lorakit.network.svd import ModuleFit, check_dynamic, choose_rank, product_svd
+from lorakit.progress import track
 from lorakit.threads import torch_threads
 
 

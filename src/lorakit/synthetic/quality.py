@@ -20,11 +20,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.dataset.progress import track
 from lorakit.fileio import atomic_write_text
 from lorakit.inference.generate import applied_loras
 from lorakit.inference.prompt import LoraRef
 from lorakit.models.base import BaseModel
+from lorakit.progress import track
 from lorakit.synthetic.classifier import AttributeClassifier, judge
 from lorakit.synthetic.evaluate import attribute_accuracy, generate
 from lorakit.synthetic.scenes import BACKGROUNDS, Scene, random_scene
