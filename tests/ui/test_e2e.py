@@ -32,6 +32,13 @@ def card(page, name: str):
     return page.locator(f'figure.card[data-name="{name}"]')
 
 
+def open_stage(page, link: str) -> None:
+    """Follow a stage link and wait until ui.js ran: htmx (loaded before it) has bound the
+    page's hx-* elements by then, so a click is never lost on a half-initialised page."""
+    page.get_by_role("link", name=link).click()
+    page.locator("body[data-ready]").wait_for()
+
+
 def check_dataset(b: Browser, photos: Path) -> None:
     page = b.page
     page.get_by_text("checking the photos").wait_for(state="detached", timeout=60_000)
@@ -65,8 +72,7 @@ def prep_and_caption(b: Browser, run: Path) -> None:
     page.get_by_role("button", name="Prep the kept photos").click()
     page.locator("#prep-msg").get_by_text("prepared 27 images").wait_for()
     b.shot("2-dataset")
-    page.get_by_role("link", name="2 Captions").click()
-    page.locator("body[data-ready]").wait_for()
+    open_stage(page, "2 Captions")
     name = page.locator("#caption-name").inner_text()
     page.fill("#caption-text", "zkz, robot, edited in the browser")
     page.keyboard.press("Control+Enter")
@@ -96,7 +102,7 @@ SETTINGS = {
 
 def configure(b: Browser, prompts: Path) -> None:
     page = b.page
-    page.get_by_role("link", name="3 Train").click()
+    open_stage(page, "3 Train")
     page.locator("summary", has_text="Advanced").click()
     for key, value in {**SETTINGS, "sampling.prompts": str(prompts)}.items():
         field = page.locator(f'[name="{key}"]')
@@ -151,13 +157,13 @@ def train_kill_resume(b: Browser, server: Server, out: Path) -> None:
 
 def results(b: Browser) -> None:
     page = b.page
-    page.get_by_role("link", name="4 Results").click()
+    open_stage(page, "4 Results")
     page.locator("#loss-chart canvas").wait_for()
     page.fill('input[name="steps"]', "3")
     page.get_by_role("button", name="Render the grid").click()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     wait_state(page, "done", 120)
-    page.get_by_role("link", name="4 Results").click()
+    open_stage(page, "4 Results")
     page.locator("#grid-image").wait_for()
     page.get_by_role("button", name="Pick the best epoch").click()
     page.locator("#best-epoch").wait_for()
@@ -166,14 +172,14 @@ def results(b: Browser) -> None:
 
 def generate(b: Browser) -> None:
     page = b.page
-    page.get_by_role("link", name="5 Generate").click()
+    open_stage(page, "5 Generate")
     assert page.locator("#prompt").input_value() == "<lora:zkz:1> zkz robot"
     page.fill('input[name="steps"]', "4")
     page.fill('input[name="seed"]', "7")
     page.get_by_role("button", name="Generate").click()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     wait_state(page, "done", 120)
-    page.get_by_role("link", name="5 Generate").click()
+    open_stage(page, "5 Generate")
     page.locator("#gallery img").first.click()
     text = page.locator("#parameters-text").inner_text()
     assert "Steps: 4" in text and "Seed: 7" in text and "Lora hashes" in text
