@@ -166,10 +166,10 @@ def test_cli_generate_and_png_info_round_trip(tiny_sd15_dir, loras, tmp_path, ca
     assert code == 0
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == ["00000-9.png", "00001-10.png"]
+    assert capsys.readouterr().out.splitlines() == [str(f) for f in files]
     with Image.open(files[1]) as image:
         assert image.size == (64, 64)
         image.load()
-    capsys.readouterr()
     assert main(["png-info", str(files[1])]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed == read_parameters(files[1])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers import AutoPipelineForImage2Image
 from PIL import Image
-from rich.progress import Progress, TaskID
+from rich.progress import TaskID
 
 from lorakit.errors import LorakitError
 from lorakit.inference.metadata import GenerationInfo, lora_short_hash, save_png
@@ -30,6 +30,7 @@ from lorakit.inference.vae import decode_latents, encode_image
 from lorakit.models import BaseModel, file_hashes, load_base_model
 from lorakit.network.blocks import apply_multipliers
 from lorakit.network.lora import LoRANetwork
+from lorakit.progress import Board, shown
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _pipeline(base: BaseModel, sampler: str, img2img: bool) -> Any:
     return pipe
 
 
-def _step_callback(progress: Progress, task: TaskID) -> Callable[..., dict[str, Any]]:
+def _step_callback(progress: Board, task: TaskID) -> Callable[..., dict[str, Any]]:
     def advance(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         progress.advance(task)
         return kwargs
@@ -150,7 +151,7 @@ def _step_callback(progress: Progress, task: TaskID) -> Callable[..., dict[str, 
 
 
 def render(
-    base: BaseModel, options: GenerateOptions, seed: int, progress: Progress | None = None
+    base: BaseModel, options: GenerateOptions, seed: int, progress: Board | None = None
 ) -> list[Image.Image]:
     """Run the pipeline once for `options.batch` images with seeds seed, seed+1, ….
 
@@ -234,7 +235,7 @@ def generate(
     shown_prompt = ", ".join([options.prompt, *(lora_tag(ref) for ref in loras)])
     hashes = {ref.name: lora_short_hash(ref.path) for ref in refs}
     text_options = dataclasses.replace(options, prompt=parsed.text)
-    with applied_loras(base, refs), Progress(transient=True) as progress:
+    with applied_loras(base, refs), shown() as progress:
         images = render(base, text_options, seed, progress)
     return [
         Generated(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import Progress
 
 from lorakit.errors import LorakitError
 from lorakit.inference.generate import (
@@ -31,6 +30,7 @@ from lorakit.inference.run import epoch_files
 from lorakit.inference.samplers import canonical_sampler_name
 from lorakit.models import BaseModel
 from lorakit.network.lora import LoRANetwork
+from lorakit.progress import Board, shown
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
 
@@ -127,7 +127,7 @@ def _options(spec: GridSpec, prompt: str) -> GenerateOptions:
 
 
 def _render_block(
-    base: BaseModel, spec: GridSpec, prompt: str, progress: Progress
+    base: BaseModel, spec: GridSpec, prompt: str, progress: Board
 ) -> list[list[Image.Image]]:
     """Cells of one block as rows (weights) of columns (LoRA files)."""
     options = _options(spec, prompt)
@@ -199,7 +199,7 @@ def make_grid(base: BaseModel, spec: GridSpec, out_path: Path) -> Path:
     canonical_sampler_name(spec.sampler)
     axes = grid_axes(spec)
     blocks = []
-    with Progress(transient=True) as progress:
+    with shown() as progress:
         for title, prompt in block_prompts(spec.prompt, spec.search_replace):
             cells = _render_block(base, spec, prompt, progress)
             blocks.append(compose_block(cells, axes, title))
