@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,56 @@ def test_bulk_tag_edit_previews_then_writes(tmp_path: Path) -> None:
     assert all("smiling" in path.read_text(encoding="utf-8") for path in captions)
     bad = c.post(f"/p/{project}/tags/apply", data={"op": "explode", "tags": "x"}, headers=token)
     assert bad.status_code == 422 and "unknown tag action" in bad.text
+
+
+def _wait_job(jobs: JobStore, job_id: int, done: Callable[[str], bool], seconds: float = 180):
+    for _ in range(int(seconds * 10)):
+        job = jobs.get(job_id)
+        if done(job.state):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job #{job_id} still {jobs.get(job_id).state} after {seconds} s")
+
+
+def test_stop_sends_ctrl_c_and_resume_finishes_the_run(tmp_path: Path, tiny_sd15_dir) -> None:
+    """Stop on a running training job: the worker sends Ctrl-C, the run saves its state and
+    the job reads "stopped — resume"; Resume queues `--resume <out>/state`, which ends the run
+    at the step count of an uninterrupted one."""
+    from lorakit.training.config import save_config
+    from tests.test_train_support import fast_config, make_concept
+
+    out = tmp_path / "out"
+    data = make_concept(tmp_path / "data", count=3)
+    config = fast_config(
+        tiny_sd15_dir, data, out, dataset={"repeats": 8}, training={"epochs": 2, "batch_size": 1}
+    )
+    save_config(config, tmp_path / "train.toml")
+    c = client(tmp_path)
+    token = {"X-CSRF-Token": csrf(c)}
+    jobs = JobStore(DataDir(tmp_path / ".ui"))
+    job = jobs.submit(None, "train", ["train", str(tmp_path / "train.toml")], {"out": str(out)})
+    worker = subprocess.Popen([sys.executable, "-m", "lorakit.ui.worker", str(tmp_path / ".ui")])
+    try:
+        _wait_job(jobs, job.id, lambda s: s == "running")
+        tail = EventTail(out / "logs")
+        for _ in range(1800):
+            if train_progress(tail, None)["step"] > 0:
+                break
+            time.sleep(0.1)
+        assert c.post(f"/jobs/{job.id}/stop", headers=token).headers["HX-Redirect"] == (
+            f"/jobs/{job.id}"
+        )
+        stopped = _wait_job(jobs, job.id, lambda s: s not in ("queued", "running"))
+        assert (stopped.state, stopped.label) == ("stopped", "stopped — resume")
+        assert (out / "state" / "complete").is_file()
+        resumed = c.post(f"/jobs/{job.id}/resume", headers=token)
+        new_id = int(resumed.headers["HX-Redirect"].rsplit("/", 1)[1])
+        assert jobs.get(new_id).argv[-2:] == ["--resume", str(out / "state")]
+        finished = _wait_job(jobs, new_id, lambda s: s not in ("queued", "running"))
+    finally:
+        worker.kill()
+        worker.wait()
+    assert finished.state == "done", finished.message
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert summary["epochs"][-1]["step"] == 48
