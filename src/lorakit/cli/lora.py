@@ -63,10 +63,11 @@ def _print_summary(summary: LoRASummary, console: Console) -> None:
         f" · {summary.modules} modules · {summary.size_bytes / 1e6:.2f} MB"
         f" · {', '.join(summary.dtypes)}"
     )
-    table = Table("group", "modules", "rank", "alpha")
+    table = Table("group", "type", "modules", "rank", "alpha")
     for group in summary.groups:
         alphas = ", ".join(f"{a:g}" for a in group.alphas)
-        table.add_row(group.group, str(group.modules), ", ".join(map(str, group.ranks)), alphas)
+        ranks = ", ".join(map(str, group.ranks))
+        table.add_row(group.group, ", ".join(group.types), str(group.modules), ranks, alphas)
     console.print(table)
     settings = {k: v for k, v in summary.metadata.items() if k != "ss_tag_frequency"}
     if settings:
@@ -112,6 +113,9 @@ def _print_report(report: VerifyReport, console: Console) -> None:
         ("diffusers load_lora_weights", report.diffusers_ignored + report.diffusers_errors),
     )
     for label, problems in checks:
+        if label.startswith("diffusers") and report.diffusers_unsupported:
+            console.print(f"  [red]FAIL[/red] {label}: {report.diffusers_unsupported}")
+            continue
         if not problems:
             console.print(f"  [green]ok[/green]   {label}: every key applied")
             continue

@@ -22,6 +22,7 @@ from lorakit.errors import LorakitError
 from lorakit.models import ModelFamily, empty_base_model
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
+from lorakit.network.kinds import LABELS
 from lorakit.network.lora import all_sites, config_from_dims
 from lorakit.network.metadata import lora_metadata
 from lorakit.network.naming import UNET_PART, Site, site_index
@@ -57,10 +58,18 @@ def _strip_text_level(module_key: str) -> str:
 def kohya_to_diffusers(
     state: Mapping[str, torch.Tensor], family: ModelFamily, source: str = "LoRA"
 ) -> dict[str, torch.Tensor]:
-    """diffusers/peft-format tensors of a kohya LoRA (alpha folded into lora_B)."""
+    """diffusers/peft-format tensors of a kohya LoRA (alpha folded into lora_B); a
+    LyCORIS type (DoRA, LoHa, LoKr), which that format does not hold, is refused."""
     index = site_index(family_sites(family))
     out: dict[str, torch.Tensor] = {}
-    for name, dims in module_dims(state, source).items():
+    all_dims = module_dims(state, source)
+    kinds = sorted({LABELS[d.kind] for d in all_dims.values() if d.kind != "lora"})
+    if kinds:
+        raise LorakitError(
+            f"{source}: a {'/'.join(kinds)} network (LyCORIS); the diffusers format holds "
+            "LoRA/LoCon only, keep the kohya file"
+        )
+    for name, dims in all_dims.items():
         site = index.get(name)
         if site is None:
             raise LorakitError(

@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_bytes
+from lorakit.network.kinds import module_alpha, module_kind, module_rank
 
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -26,11 +27,13 @@ _PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 
 @dataclass(frozen=True)
 class ModuleDims:
-    """Rank, alpha and kind of one module, read from its weights (alpha defaults to rank)."""
+    """Rank, alpha, layer kind and network type of one module, read from its weights
+    (alpha defaults to rank; a LoKr with both sides full has scale 1: rank = alpha)."""
 
     rank: int
     alpha: float
     is_conv: bool  # a k×k conv (LoCon); 1×1 convs count as linear, as in sd-scripts
+    kind: str = "lora"  # lorakit.network.kinds: "lora", "dora", "loha" or "lokr"
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -72,22 +75,30 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def module_dims(state: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, ModuleDims]:
-    """Per-module rank/alpha from kohya weights (`lora_down` rows; `alpha` scalar or rank)."""
-    downs: dict[str, torch.Tensor] = {}
-    alphas: dict[str, float] = {}
+    """Per-module type, rank and alpha of kohya weights (LoRA, DoRA, LoHa, LoKr).
+
+    `is_conv` comes from the kernel a LoRA `lora_down` (or a full LoKr `w2`) keeps; LoHa
+    and factorised LoKr flatten it away, so theirs is only known with the base's layer.
+    """
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         name, suffix = split_key(key)
-        if suffix == ".lora_down.weight":
-            downs[name] = value
-        elif suffix == ".alpha":
-            alphas[name] = float(value.float().reshape(-1)[0])
-    if not downs:
-        raise LorakitError(f"{source}: no `.lora_down.weight` keys; not a kohya-format LoRA")
+        grouped.setdefault(name, {})[suffix] = value
     dims = {}
-    for name, down in downs.items():
-        rank = int(down.shape[0])
-        is_conv = down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
-        dims[name] = ModuleDims(rank, alphas.get(name, float(rank)), is_conv)
+    for name, tensors in grouped.items():
+        try:
+            kind = module_kind(tensors)
+        except LorakitError as exc:
+            raise LorakitError(f"{source}: {name}: {exc}") from None
+        if kind is None:
+            continue
+        alpha = module_alpha(kind, tensors)
+        rank = module_rank(kind, tensors) or max(int(alpha), 1)
+        kernel = tensors.get(".lora_down.weight", tensors.get(".lokr_w2"))
+        is_conv = kernel is not None and kernel.dim() == 4 and tuple(kernel.shape[2:]) != (1, 1)
+        dims[name] = ModuleDims(rank, alpha, is_conv, kind)
+    if not dims:
+        raise LorakitError(f"{source}: no `.lora_down.weight` keys; not a kohya-format LoRA")
     return dims
 
 

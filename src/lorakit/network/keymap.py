@@ -25,6 +25,12 @@ Derived by reading (not copying) the loaders themselves:
   prefix, `lora_te1_`/`lora_te2_` pass through, any other prefix fails the whole file, and
   so does a file mixing LDM- and diffusers-spelled UNet names.
 
+The LyCORIS types go through the same names: A1111 (`network_hada.py`, `network_lokr.py`),
+ComfyUI (`comfy/weight_adapter/loha.py`, `lokr.py`) and InvokeAI (its LoHA/LoKR layers)
+take a LoHa module by `hada_w1_a`/`_w1_b`/`_w2_a`/`_w2_b`, a LoKr module by `lokr_w1` or
+`lokr_w1_a`+`_b` and `lokr_w2` or `lokr_w2_a`+`_b`, each with an optional `alpha`, and
+read `dora_scale` beside a LoRA, LoHa or LoKr module (DoRA).
+
 A key counts as applied only when all three apply it, to a layer whose shape fits.
 """
 
@@ -36,8 +42,17 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, empty_base_model
-from lorakit.network.files import SUFFIXES, split_key
+from lorakit.network.files import split_key
+from lorakit.network.kinds import (
+    DORA_SCALE,
+    LORA_KEYS,
+    SUFFIXES,
+    delta_shape_fits,
+    missing_keys,
+    module_kind,
+)
 from lorakit.network.naming import (
     UNET_PREFIX,
     Site,
@@ -148,8 +163,11 @@ def _expected_shapes(layer: nn.Module, rank: int) -> tuple[tuple[int, ...], tupl
 
 
 def _fits(site: Site, suffix: str, tensor: torch.Tensor, rank: int) -> bool:
+    """Whether one key of a LoRA module fits its layer (each key is judged alone)."""
     if suffix == ".alpha":
         return tensor.numel() == 1
+    if suffix == DORA_SCALE:
+        return tensor.numel() == site.layer.weight.shape[0]
     down, up = _expected_shapes(site.layer, rank)
     want = down if suffix == ".lora_down.weight" else up
     shape = tuple(tensor.shape)
@@ -167,22 +185,43 @@ def _mixed_spelling(state: Mapping[str, torch.Tensor], names: Mapping[str, Site]
     return diffusers if diffusers and diffusers != unet else set()
 
 
+def _kind(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The module's type when the UIs would take it (all its factors present), else None."""
+    try:
+        kind = module_kind(tensors)
+    except LorakitError:
+        return None
+    return kind if kind and not missing_keys(kind, tensors) else None
+
+
+def _key_fits(site: Site, kind: str, suffix: str, tensors: Mapping[str, torch.Tensor]) -> bool:
+    """LoRA keys are judged one by one; LoHa/LoKr factors only make sense together."""
+    if suffix == ".alpha":
+        return tensors[suffix].numel() == 1
+    if kind in ("lora", "dora"):
+        rank = int(tensors[LORA_KEYS[0]].shape[0])
+        return _fits(site, suffix, tensors[suffix], rank)
+    return delta_shape_fits(kind, tensors, tuple(site.layer.weight.shape))
+
+
 def keymap_ignored(state: Mapping[str, torch.Tensor], names: Mapping[str, Site]) -> list[str]:
     """Keys of a kohya `state` that A1111, ComfyUI or InvokeAI would not apply (module doc)."""
-    ranks = {split_key(k)[0]: int(v.shape[0]) for k, v in state.items() if k.endswith(SUFFIXES[0])}
-    ups = {split_key(k)[0] for k in state if k.endswith(SUFFIXES[1])}
-    mixed = _mixed_spelling(state, names)
-    ignored = []
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         name, suffix = split_key(key)
-        site, rank = names.get(name), ranks.get(name)
+        grouped.setdefault(name, {})[suffix] = tensor
+    kinds = {name: _kind(tensors) for name, tensors in grouped.items()}
+    mixed = _mixed_spelling(state, names)
+    ignored = []
+    for key in state:
+        name, suffix = split_key(key)
+        site, kind = names.get(name), kinds[name]
         if (
             site is None
-            or suffix not in SUFFIXES
-            or rank is None
-            or name not in ups
+            or kind is None
+            or suffix not in SUFFIXES[kind]
             or name in mixed
-            or not _fits(site, suffix, tensor, rank)
+            or not _key_fits(site, kind, suffix, grouped[name])
         ):
             ignored.append(key)
     return ignored

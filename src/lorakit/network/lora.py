@@ -1,9 +1,12 @@
-"""LoRANetwork: LoRA modules injected into a base model, saved and loaded by kohya names.
+"""LoRANetwork: adapter modules injected into a base model, saved and loaded by kohya names.
 
-Injection replaces each target layer in its parent with a `LoRAModule` that holds the
-original; `remove()` puts the originals back. Networks stack: a second network wraps the
-first one's modules, and any of them can be removed in any order, which is how inference
-applies several LoRAs at once without merging weights.
+One class serves every network type (LoRA/LoCon, DoRA, LoHa, LoKr): the modules come from
+`lorakit.network.adapters`, by the config's type or by a file's keys, and all of them
+save, load, scale and stack the same way. Injection replaces each target layer in its
+parent with an adapter module that holds the original; `remove()` puts the originals
+back. Networks stack: a second network wraps the first one's modules, and any of them can
+be removed in any order, which is how inference applies several LoRAs at once without
+merging weights.
 """
 
 from __future__ import annotations
@@ -17,18 +20,18 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.models.base import BaseModel, ModelFamily
+from lorakit.network.adapters import adapter_from_tensors, new_adapter
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import (
-    SUFFIXES,
     ModuleDims,
     load_lora_file,
-    module_dims,
     parse_dtype,
     save_lora_file,
     split_key,
 )
+from lorakit.network.kinds import ALL_SUFFIXES, LABELS, module_kind
 from lorakit.network.metadata import lora_metadata
-from lorakit.network.modules import LoRAModule
+from lorakit.network.modules import AdapterModule
 from lorakit.network.naming import (
     TEXT_PARTS,
     UNET_PART,
@@ -56,37 +59,37 @@ def all_sites(base: BaseModel) -> list[Site]:
 
 
 class LoRANetwork(nn.Module):
-    """The LoRA modules of one network; its parameters are only the LoRA weights."""
+    """The adapter modules of one network; its parameters are only the adapter weights."""
 
     def __init__(
         self,
         base: BaseModel,
-        plan: Sequence[tuple[Site, int, float]],
+        modules: Sequence[tuple[Site, AdapterModule]],
         config: LoRAConfig,
         multiplier: float = 1.0,
     ) -> None:
+        """Inject `modules` (each built around its site's current layer) at their sites."""
         super().__init__()
         self.family = base.family
         self.config = config
-        self.loras: list[LoRAModule] = []
+        self.loras: list[AdapterModule] = []
         self._sites: list[Site] = []
         self.adapters = nn.ModuleDict()
-        for site, rank, alpha in plan:
-            module = LoRAModule(
-                site.name, getattr(site.parent, site.attr), rank, alpha, config.dropout, multiplier
-            )
+        for site, module in modules:
+            module.multiplier = float(multiplier)
             setattr(site.parent, site.attr, module)
             self.loras.append(module)
             self._sites.append(site)
-            self.adapters[site.name] = nn.ModuleDict(
-                {"lora_down": module.lora_down, "lora_up": module.lora_up}
-            )
+            own = module.tensors_by_suffix().items()
+            weights = {suffix.strip(".").replace(".", "_"): p for suffix, p in own}
+            self.adapters[site.name] = nn.ParameterDict(weights)
         self._multiplier = float(multiplier)
         self._injected = True
 
     @classmethod
     def inject(cls, base: BaseModel, config: LoRAConfig, multiplier: float = 1.0) -> LoRANetwork:
-        """Wrap sd-scripts' default targets of `base` (plus 3×3 convs when conv_rank is set)."""
+        """Wrap sd-scripts' default targets of `base` (plus 3×3 convs when conv_rank is set)
+        with new modules of `config.type`."""
         sites = network_sites(
             base,
             unet=config.train_unet,
@@ -95,8 +98,12 @@ class LoRANetwork(nn.Module):
         )
         linear = (config.rank, float(config.alpha))
         conv = (config.conv_rank, config.effective_conv_alpha) if config.conv_rank else linear
-        plan = [(site, *(conv if site.kind == "conv" else linear)) for site in sites]
-        return cls(base, plan, config, multiplier)
+        modules = [
+            (site, new_adapter(config, site.name, getattr(site.parent, site.attr), *dims))
+            for site in sites
+            for dims in [conv if site.kind == "conv" else linear]
+        ]
+        return cls(base, modules, config, multiplier)
 
     @classmethod
     def from_state_dict(
@@ -106,27 +113,29 @@ class LoRANetwork(nn.Module):
         multiplier: float = 1.0,
         source: str = "LoRA",
     ) -> LoRANetwork:
-        """A network shaped like the kohya weights in `state` (per-module rank/alpha), loaded.
+        """A network shaped like the kohya weights in `state` (per-module type, rank,
+        alpha), loaded: LoRA/LoCon, DoRA, LoHa and LoKr modules, mixed if need be.
 
         Any Linear/Conv2d of the base may carry a module, not only sd-scripts' defaults, so
         files from other trainers (LoCon on conv_in, time embedding, ...) load too.
         """
-        dims = module_dims(state, source)
+        grouped = _group(state, source)
+        if not grouped:
+            raise LorakitError(f"{source}: no LoRA, LoHa or LoKr keys; not a kohya-format LoRA")
         index = site_index(all_sites(base))
-        unknown = sorted(name for name in dims if name not in index)
+        unknown = sorted(name for name in grouped if name not in index)
         if unknown:
             raise LorakitError(
                 f"{source}: {len(unknown)} modules do not exist in this {base.family.value} base "
                 f"(e.g. {unknown[0]}); check the base model family"
             )
-        plan = [(index[name], d.rank, d.alpha) for name, d in dims.items()]
-        network = cls(base, plan, config_from_dims(dims), multiplier)
-        try:
-            network.load_kohya_state_dict(state)
-        except LorakitError:
-            network.remove()
-            raise
-        return network
+        modules = []
+        for name, tensors in grouped.items():
+            site = index[name]
+            layer = getattr(site.parent, site.attr)
+            modules.append((site, adapter_from_tensors(site.name, layer, tensors, source)))
+        config = config_from_modules([module for _, module in modules])
+        return cls(base, modules, config, multiplier)
 
     @classmethod
     def from_file(cls, base: BaseModel, path: str | Path, multiplier: float = 1.0) -> LoRANetwork:
@@ -152,7 +161,7 @@ class LoRANetwork(nn.Module):
         for module in self.loras:
             module.multiplier = self._multiplier
 
-    def part_modules(self, part: str) -> list[LoRAModule]:
+    def part_modules(self, part: str) -> list[AdapterModule]:
         """Modules of one part: "unet", "text_encoder" or "text_encoder_2"."""
         return [m for m, site in zip(self.loras, self._sites, strict=True) if site.part == part]
 
@@ -170,9 +179,7 @@ class LoRANetwork(nn.Module):
                 lr = unet_lr
             else:
                 lr = text_lrs[min(TEXT_PARTS.index(part), len(text_lrs) - 1)]
-            params = [
-                p for m in self.part_modules(part) for p in (m.lora_down.weight, m.lora_up.weight)
-            ]
+            params = [p for m in self.part_modules(part) for p in m.trainable()]
             for param in params:
                 param.requires_grad_(lr > 0)
             if lr > 0:
@@ -180,24 +187,23 @@ class LoRANetwork(nn.Module):
         return groups
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Weights under sd-scripts' keys: `<name>.lora_down.weight`, `.lora_up.weight`, `.alpha`.
+        """Weights under kohya names and each type's keys: `<name>.lora_down.weight`,
+        `.lora_up.weight` (+ `.dora_scale`), `.hada_w1_a`…, `.lokr_w1`…, and `.alpha`.
 
         `.alpha` is a 0-d tensor, as sd-scripts writes it.
         """
         state: dict[str, torch.Tensor] = {}
         for module in self.loras:
-            down = module.lora_down.weight.detach()
-            up = module.lora_up.weight.detach()
-            alpha = torch.tensor(module.alpha_value)
-            if dtype is not None:
-                down, up, alpha = down.to(dtype), up.to(dtype), alpha.to(dtype)
-            state[f"{module.name}.lora_down.weight"] = down
-            state[f"{module.name}.lora_up.weight"] = up
-            state[f"{module.name}.alpha"] = alpha
+            for suffix, tensor in module.kohya_tensors().items():
+                state[f"{module.name}{suffix}"] = tensor if dtype is None else tensor.to(dtype)
         return state
 
     def load_kohya_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-        """Load kohya weights (either SDXL spelling); alpha from the file sets each scale."""
+        """Load kohya weights (either SDXL spelling); alpha from the file sets each scale.
+
+        A module whose file type differs from the network's (a LoHa file into a LoRA
+        network, say) is refused in one line, strict or not.
+        """
         index = site_index(self._sites)
         modules = {module.name: module for module in self.loras}
         grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -205,11 +211,11 @@ class LoRANetwork(nn.Module):
         for key, value in state.items():
             name, suffix = split_key(key)
             site = index.get(name)
-            if site is None or suffix not in SUFFIXES:
+            if site is None or suffix not in ALL_SUFFIXES:
                 unexpected.append(key)
                 continue
             grouped.setdefault(site.name, {})[suffix] = value
-        missing = [name for name in modules if ".lora_down.weight" not in grouped.get(name, {})]
+        missing = [name for name in modules if name not in grouped]
         if strict and (unexpected or missing):
             example = (unexpected or missing)[0]
             raise LorakitError(
@@ -217,7 +223,15 @@ class LoRANetwork(nn.Module):
                 f"{len(missing)} missing modules (e.g. {example}); use a file made for this base"
             )
         for name, tensors in grouped.items():
-            _load_module(modules[name], tensors)
+            module = modules[name]
+            kind = module_kind(tensors)
+            if kind != module.kind:
+                held = f"a {LABELS[kind]} module" if kind else f"only {', '.join(sorted(tensors))}"
+                raise LorakitError(
+                    f"{name}: the file holds {held}, the network is {LABELS[module.kind]}; "
+                    "use a file of the network's type"
+                )
+            module.load_tensors(tensors)
 
     def save(
         self,
@@ -240,41 +254,40 @@ class LoRANetwork(nn.Module):
             if current is module:
                 setattr(site.parent, site.attr, module.base)
                 continue
-            while isinstance(current, LoRAModule) and current.base is not module:
+            while isinstance(current, AdapterModule) and current.base is not module:
                 current = current.base
-            if not isinstance(current, LoRAModule):
+            if not isinstance(current, AdapterModule):
                 raise RuntimeError(f"{module.name}: LoRA module not found where it was injected")
             current.base = module.base
         self._injected = False
 
 
-def _load_module(module: LoRAModule, tensors: Mapping[str, torch.Tensor]) -> None:
-    for suffix, target in (
-        (".lora_down.weight", module.lora_down),
-        (".lora_up.weight", module.lora_up),
-    ):
-        value = tensors.get(suffix)
-        if value is None:
-            raise LorakitError(f"{module.name}: `{suffix}` missing; the LoRA file is incomplete")
-        if value.dim() == 2 and target.weight.dim() == 4:
-            value = value[:, :, None, None]
-        if value.shape != target.weight.shape:
-            raise LorakitError(
-                f"{module.name}{suffix}: shape {tuple(value.shape)} does not fit "
-                f"{tuple(target.weight.shape)}; the LoRA was made for another base model"
-            )
-        with torch.no_grad():
-            target.weight.copy_(value)
-    if ".alpha" in tensors:
-        module.alpha_value = float(tensors[".alpha"].float().reshape(-1)[0])
+def _group(state: Mapping[str, torch.Tensor], source: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors by module name and suffix, for the modules whose keys name a known type."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        name, suffix = split_key(key)
+        grouped.setdefault(name, {})[suffix] = value
+    try:
+        return {name: tensors for name, tensors in grouped.items() if module_kind(tensors)}
+    except LorakitError as exc:
+        raise LorakitError(f"{source}: {exc}") from None
+
+
+def config_from_modules(modules: Sequence[AdapterModule]) -> LoRAConfig:
+    """The config a network of `modules` was most likely trained with (see config_from_dims)."""
+    dims = {m.name: ModuleDims(m.rank, m.alpha_value, m.is_conv, m.kind) for m in modules}
+    return config_from_dims(dims)
 
 
 def config_from_dims(dims: Mapping[str, ModuleDims]) -> LoRAConfig:
-    """The most common linear and conv rank/alpha: what the file was most likely trained with."""
+    """The most common type and linear and conv rank/alpha: what the file was most likely
+    trained with."""
     linear = Counter((d.rank, d.alpha) for d in dims.values() if not d.is_conv)
     conv = Counter((d.rank, d.alpha) for d in dims.values() if d.is_conv)
     rank, alpha = linear.most_common(1)[0][0] if linear else (16, 8.0)
     conv_rank, conv_alpha = conv.most_common(1)[0][0] if conv else (None, None)
     parts = {"train_unet": "lora_unet_", "train_text_encoder": "lora_te"}
     trained = {part: any(n.startswith(prefix) for n in dims) for part, prefix in parts.items()}
-    return LoRAConfig(rank, alpha, conv_rank, conv_alpha, **trained)
+    kind = Counter(d.kind for d in dims.values()).most_common(1)[0][0]
+    return LoRAConfig(rank, alpha, conv_rank, conv_alpha, type=kind, **trained)

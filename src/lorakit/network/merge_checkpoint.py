@@ -1,13 +1,15 @@
 """`lora merge --model`: LoRAs baked into a base checkpoint, written in the base's own layout.
 
-Every LoRA module is matched to its layer's tensor in the checkpoint
+Every module is matched to its layer's tensor in the checkpoint
 (`lorakit.network.base_weights`) and checked — family, layer, shape — before anything is
-written. The output then streams tensor by tensor: W' = W + Σ weight · alpha/r · up @ down,
-computed in fp32 and stored in the chosen dtype (fp16 by default, as checkpoints ship);
-every other tensor is copied (cast to that dtype when it is floating-point). A single file
-keeps its keys, so it loads wherever the input did; a diffusers folder is written as a new
-folder with the same configs. A LoRA at weight 0 adds nothing: the base weights come back
-bit for bit (in their own dtype).
+written. The output then streams tensor by tensor: W' = W + Σ weight · ΔW, with ΔW per
+type as `lorakit.network.kinds` computes it (alpha/r · up @ down for LoRA, LoHa's and
+LoKr's products; a DoRA module's change is taken against the weight as patched so far, as
+ComfyUI applies patches in turn), computed in fp32 and stored in the chosen dtype (fp16 by
+default, as checkpoints ship); every other tensor is copied (cast to that dtype when it is
+floating-point). A single file keeps its keys, so it loads wherever the input did; a
+diffusers folder is written as a new folder with the same configs. A LoRA at weight 0
+adds nothing: the base weights come back bit for bit (in their own dtype).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ import torch
 from lorakit.errors import LorakitError
 from lorakit.network.base_weights import Checkpoint, WeightRef, open_checkpoint
 from lorakit.network.files import parse_dtype
-from lorakit.network.pairs import LoRAFile, LoRAPair, read_lora
+from lorakit.network.kinds import delta_shape_fits, missing_keys, module_change, module_kind
+from lorakit.network.pairs import ModulesFile, read_modules
 from lorakit.network.tensorfile import Entry, write_streamed
 from lorakit.progress import track
 
@@ -35,21 +38,15 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", 
 
 @dataclass(frozen=True)
 class Addition:
-    """One weighted LoRA module added to a tensor (to a third of its rows for q/k/v)."""
+    """One weighted module added to a tensor (to a third of its rows for q/k/v)."""
 
-    pair: LoRAPair
+    kind: str
+    tensors: Mapping[str, torch.Tensor]
     weight: float
     ref: WeightRef
 
 
-def _fits(delta: tuple[int, ...], weight: tuple[int, ...]) -> bool:
-    """A 1×1 conv weight takes a 2-D update too (and the reverse), as A1111 and ComfyUI do."""
-    if delta == weight:
-        return True
-    return delta[:2] == weight[:2] and all(size == 1 for size in (*delta[2:], *weight[2:]))
-
-
-def _additions(checkpoint: Checkpoint, lora: LoRAFile, weight: float) -> list[Addition]:
+def _additions(checkpoint: Checkpoint, lora: ModulesFile, weight: float) -> list[Addition]:
     """Where each module of `lora` goes in `checkpoint`; a one-line error for any misfit."""
     if lora.family is not checkpoint.family:
         raise LorakitError(
@@ -57,7 +54,13 @@ def _additions(checkpoint: Checkpoint, lora: LoRAFile, weight: float) -> list[Ad
             f"{checkpoint.family.value} model; merge LoRAs made for that family"
         )
     found = []
-    for name, pair in lora.pairs.items():
+    for name, tensors in lora.modules.items():
+        kind = module_kind(tensors)
+        missing = missing_keys(kind, tensors) if kind else ["weights"]
+        if missing:
+            raise LorakitError(
+                f"{lora.path}: module {name} lacks `{missing[0]}`; the file is damaged"
+            )
         site = checkpoint.sites.get(name)
         ref = checkpoint.locate(site) if site is not None else None
         if ref is None:
@@ -66,17 +69,17 @@ def _additions(checkpoint: Checkpoint, lora: LoRAFile, weight: float) -> list[Ad
                 "made for another base model"
             )
         shape = checkpoint.shape(ref)
-        if not _fits(pair.delta_shape, shape):
+        if not delta_shape_fits(kind, tensors, shape):
             raise LorakitError(
-                f"{lora.path}: module {name} changes a {pair.delta_shape} weight, but the "
-                f"layer in {checkpoint.path} is {shape}; the LoRA was made for another base model"
+                f"{lora.path}: module {name} does not fit its {shape} layer in "
+                f"{checkpoint.path}; the LoRA was made for another base model"
             )
-        found.append(Addition(pair, weight, ref))
+        found.append(Addition(kind, tensors, weight, ref))
     return found
 
 
 def plan_merge(
-    checkpoint: Checkpoint, loras: Sequence[tuple[LoRAFile, float]]
+    checkpoint: Checkpoint, loras: Sequence[tuple[ModulesFile, float]]
 ) -> dict[tuple[Path, str], list[Addition]]:
     """(file, key) → the additions to that tensor; every LoRA is checked, zero weights skipped."""
     plan: dict[tuple[Path, str], list[Addition]] = {}
@@ -91,7 +94,7 @@ def _patched(tensor: torch.Tensor, additions: Sequence[Addition]) -> torch.Tenso
     merged = tensor.float()
     for addition in additions:
         target = merged[addition.ref.rows(merged.shape[0])]
-        target += addition.weight * addition.pair.delta().reshape(target.shape)
+        target += module_change(addition.kind, addition.tensors, target, addition.weight)
     return merged
 
 
@@ -183,7 +186,7 @@ def merge_into_checkpoint(
     if not loras:
         raise LorakitError("no LoRA to merge; pass --lora FILE[:WEIGHT]")
     check_merge_output(model, out)
-    read = [(read_lora(path), float(weight)) for path, weight in loras]
+    read = [(read_modules(path, lycoris=True), float(weight)) for path, weight in loras]
     note = ", ".join(f"{lora.path.name}:{weight:g}" for lora, weight in read)
     checkpoint = open_checkpoint(model)
     plan = plan_merge(checkpoint, read)

@@ -111,11 +111,31 @@ def _resolution(value: object) -> tuple[int, int]:
     raise LorakitError(f"resolution {value!r}: give an int or a (width, height) pair")
 
 
+def network_module(config: LoRAConfig) -> str:
+    """`ss_network_module`: sd-scripts' own LoRA, or LyCORIS' kohya module for the types
+    only LyCORIS trains (DoRA, LoHa, LoKr), as kohya_ss records them."""
+    return "networks.lora" if config.type == "lora" else "lycoris.kohya"
+
+
 def network_args(config: LoRAConfig) -> dict[str, str]:
-    """sd-scripts' `--network_args` as it records them (strings, conv part only when set)."""
-    if config.conv_rank is None:
-        return {}
-    return {"conv_dim": str(config.conv_rank), "conv_alpha": _format(config.effective_conv_alpha)}
+    """`--network_args` as sd-scripts records them (strings). LoRA: the conv part only
+    when set. LyCORIS types: `algo` ("lora" + `dora_wd` for DoRA, "loha", "lokr" +
+    `factor`), and as LyCORIS trains convs unless told otherwise, either the conv part
+    or `preset = attn-mlp` (its preset without the ResNet convs)."""
+    conv = (
+        {"conv_dim": str(config.conv_rank), "conv_alpha": _format(config.effective_conv_alpha)}
+        if config.conv_rank is not None
+        else {}
+    )
+    if config.type == "lora":
+        return conv
+    args = {"algo": "lora" if config.type == "dora" else config.type}
+    args |= conv or {"preset": "attn-mlp"}
+    if config.type == "dora":
+        args["dora_wd"] = "True"
+    if config.type == "lokr":
+        args["factor"] = str(config.factor)
+    return args
 
 
 def lora_metadata(
@@ -135,7 +155,7 @@ def lora_metadata(
     started = float(_take(training, "training_started_at") or time.time())  # type: ignore[arg-type]
     resolution = _resolution(_take(training, "resolution") or DEFAULT_RESOLUTION[family])
     meta: dict[str, str] = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module(config),
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": _format(float(config.alpha)),
         "ss_network_dropout": _format(float(config.dropout)),

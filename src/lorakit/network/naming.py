@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lorakit.network.modules import LoRAModule, innermost
+from lorakit.network.modules import AdapterModule, innermost
 
 UNET_PREFIX = "lora_unet"
 # sd-scripts' defaults: every Linear / 1×1 conv inside a Transformer2DModel; with conv_dim
@@ -89,7 +89,7 @@ def text_prefixes(count: int) -> list[str]:
 def _walk(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """(path, module) like `named_modules`, without entering LoRA wrappers."""
     yield prefix, module
-    if isinstance(module, LoRAModule):
+    if isinstance(module, AdapterModule):
         return
     for name, child in module._modules.items():
         if child is not None:
@@ -100,7 +100,7 @@ def leaf_layers(root: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Mod
     """(path, parent, attribute) of every Linear/Conv2d under `root`, LoRA-wrapped or not."""
     seen: set[int] = set()
     for path, module in _walk(root, prefix):
-        if isinstance(module, LoRAModule | nn.Linear | nn.Conv2d):
+        if isinstance(module, AdapterModule | nn.Linear | nn.Conv2d):
             continue
         for attr, child in module._modules.items():
             layer = innermost(child) if child is not None else None

@@ -36,6 +36,7 @@ _LYCORIS_MARKERS = {
     ".diff": "full-difference",  # `.diff` and `.diff_b`
 }
 _LORA_KEY_ENDS = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
+_DELTA_KINDS = {"LoHa", "LoKr", "DoRA"}  # LyCORIS types whose ΔW kinds.py computes
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,9 @@ class LoRAFile:
     dtype: torch.dtype  # the weights' (most common) dtype: the default for what is written
 
 
-def _check_keys(path: Path) -> None:
-    """Refuse a safetensors file whose header shows it is no LoRA lorakit can rework."""
+def _check_keys(path: Path, lycoris: bool = False) -> None:
+    """Refuse a safetensors file whose header shows it is no LoRA lorakit can rework
+    (with `lycoris`, LoHa/LoKr/DoRA files pass: their ΔW is known, see kinds.py)."""
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return
     try:
@@ -120,12 +122,17 @@ def _check_keys(path: Path) -> None:
         return  # load_lora_file words the error
     modules = [key for key in keys if key.startswith(("lora_unet_", "lora_te"))]
     kinds = sorted({kind for key in modules for m, kind in _LYCORIS_MARKERS.items() if m in key})
-    if kinds:
+    known = _DELTA_KINDS if lycoris else set()
+    if set(kinds) - known:
         raise LorakitError(
-            f"{path}: a {'/'.join(kinds)} network (LyCORIS); resize and merge handle "
-            "LoRA/LoCon files only"
+            f"{path}: a {'/'.join(kinds)} network (LyCORIS); "
+            + (
+                "merging into a model handles LoRA/LoCon/DoRA/LoHa/LoKr files only"
+                if lycoris
+                else "resize and merge handle LoRA/LoCon files only"
+            )
         )
-    if not any(key.endswith(_LORA_KEY_ENDS) for key in keys):
+    if not kinds and not any(key.endswith(_LORA_KEY_ENDS) for key in keys):
         raise LorakitError(
             f"{path}: holds no LoRA weights ({len(keys)} tensors, none `.lora_down.weight`); "
             "give a LoRA file (a checkpoint goes to --model)"
@@ -146,22 +153,40 @@ def _pair(name: str, tensors: Mapping[str, torch.Tensor], alpha: float, source: 
     return LoRAPair(down2d, up2d, alpha, tuple(down.shape), tuple(up.shape))
 
 
-def read_lora(path: str | Path) -> LoRAFile:
-    """Read a kohya (or diffusers/peft) LoRA file into fp32 pairs; one-line errors."""
+@dataclass
+class ModulesFile:
+    """A kohya file of any type read as tensors by module name and suffix."""
+
+    path: Path
+    family: ModelFamily
+    metadata: dict[str, str]
+    state: dict[str, torch.Tensor]  # kohya keys (diffusers files converted)
+    modules: dict[str, dict[str, torch.Tensor]]
+
+
+def read_modules(path: str | Path, lycoris: bool = False) -> ModulesFile:
+    """Read a kohya (or diffusers/peft) file by module; LoHa/LoKr/DoRA only with
+    `lycoris`; one-line errors."""
     path = Path(path)
-    _check_keys(path)
+    _check_keys(path, lycoris)
     state, metadata = load_lora_file(path)
     family = detect_lora_family(state, metadata, str(path))
     if not is_kohya_format(state):
         state = diffusers_to_kohya(state, family, metadata, str(path))
-    dims = module_dims(state, str(path))
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         name, suffix = split_key(key)
         grouped.setdefault(name, {})[suffix] = value
-    pairs = {name: _pair(name, grouped[name], dims[name].alpha, path) for name in dims}
-    dtypes = Counter(t.dtype for k, t in state.items() if not k.endswith(".alpha"))
-    return LoRAFile(path, family, metadata, pairs, dtypes.most_common(1)[0][0])
+    return ModulesFile(path, family, metadata, state, grouped)
+
+
+def read_lora(path: str | Path) -> LoRAFile:
+    """Read a kohya (or diffusers/peft) LoRA file into fp32 pairs; one-line errors."""
+    read = read_modules(path)
+    dims = module_dims(read.state, str(read.path))
+    pairs = {name: _pair(name, read.modules[name], dims[name].alpha, read.path) for name in dims}
+    dtypes = Counter(t.dtype for k, t in read.state.items() if not k.endswith(".alpha"))
+    return LoRAFile(read.path, read.family, read.metadata, pairs, dtypes.most_common(1)[0][0])
 
 
 def pairs_state(pairs: Mapping[str, LoRAPair], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -1,17 +1,22 @@
-"""What is inside a LoRA file: family, rank/alpha per module group, size, training metadata."""
+"""What is inside a LoRA file: family, network types, rank/alpha per module group, size,
+training metadata. LoHa and factorised LoKr files flatten a conv's kernel away, so their
+conv modules are told by the family's layer of that name."""
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError
+from lorakit.models import ModelFamily
 from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
-from lorakit.network.files import load_lora_file, module_dims
+from lorakit.network.files import ModuleDims, load_lora_file, module_dims
+from lorakit.network.keymap import family_accepted_names
+from lorakit.network.kinds import LABELS
 
 _UNET_GROUPS = (
     (("down_blocks", "input_blocks"), "unet down"),
@@ -31,6 +36,7 @@ class GroupSummary:
     modules: int
     ranks: list[int]
     alphas: list[float]
+    types: list[str] = field(default_factory=list)  # LoRA, DoRA, LoHa, LoKr
 
 
 @dataclass
@@ -44,6 +50,7 @@ class LoRASummary:
     groups: list[GroupSummary]
     metadata: dict[str, str]
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)  # modules per network type
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -86,11 +93,19 @@ def inspect_lora(path: str | Path) -> LoRASummary:
             )
         state = diffusers_to_kohya(state, family, metadata, str(path))
     dims = module_dims(state, str(path))
-    grouped: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    convs = _conv_names(dims, family)
+    grouped: dict[str, list[tuple[int, float, str]]] = defaultdict(list)
     for name, d in dims.items():
-        grouped[module_group(name, d.is_conv)].append((d.rank, d.alpha))
+        group = module_group(name, d.is_conv or name in convs)
+        grouped[group].append((d.rank, d.alpha, LABELS[d.kind]))
     groups = [
-        GroupSummary(g, len(v), sorted({r for r, _ in v}), sorted({a for _, a in v}))
+        GroupSummary(
+            g,
+            len(v),
+            sorted({r for r, _, _ in v}),
+            sorted({a for _, a, _ in v}),
+            sorted({t for _, _, t in v}),
+        )
         for g, v in sorted(grouped.items())
     ]
     return LoRASummary(
@@ -103,4 +118,13 @@ def inspect_lora(path: str | Path) -> LoRASummary:
         groups=groups,
         metadata=metadata,
         tag_frequency=_tag_frequency(metadata),
+        types=dict(Counter(LABELS[d.kind] for d in dims.values())),
     )
+
+
+def _conv_names(dims: dict[str, ModuleDims], family: ModelFamily | None) -> set[str]:
+    """The k×k conv modules among LoHa/LoKr ones, by the family's layer of that name."""
+    if family is None or all(d.kind in ("lora", "dora") for d in dims.values()):
+        return set()
+    sites = family_accepted_names(family)
+    return {name for name in dims if name in sites and sites[name].kind == "conv"}

@@ -4,6 +4,11 @@ Two independent checks: diffusers' own `load_lora_weights` (its kohya converter 
 injection) into a pipeline of the base, and the name → layer mapping A1111, ComfyUI and
 InvokeAI apply (`lorakit.network.keymap`, re-derived from their loaders). A key any of
 them drops is how users get "lora key not loaded".
+
+diffusers (0.3x) loads kohya LoRA/LoCon only: LoHa and LoKr keys make its converter raise
+a bare "keys have not been correctly renamed", and DoRA's `dora_scale` is filtered out
+with a warning, so the file would load as a plain LoRA and give other images. For files
+with such modules the diffusers load is not tried; `diffusers_unsupported` says why.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +29,9 @@ from lorakit.models import BaseModel, ModelFamily, empty_base_model
 from lorakit.models.checkpoint import brief
 from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
-from lorakit.network.files import load_lora_file, split_key
+from lorakit.network.files import load_lora_file, module_dims, split_key
 from lorakit.network.keymap import accepted_names, family_accepted_names, keymap_ignored
+from lorakit.network.kinds import LABELS
 from lorakit.network.lora import all_sites
 from lorakit.network.naming import Site, site_index
 
@@ -40,10 +47,16 @@ class VerifyReport:
     keymap_ignored: list[str] = field(default_factory=list)
     diffusers_ignored: list[str] = field(default_factory=list)
     diffusers_errors: list[str] = field(default_factory=list)
+    diffusers_unsupported: str | None = None  # why diffusers cannot load the file at all
 
     @property
     def ok(self) -> bool:
-        return not (self.keymap_ignored or self.diffusers_ignored or self.diffusers_errors)
+        return not (
+            self.keymap_ignored
+            or self.diffusers_ignored
+            or self.diffusers_errors
+            or self.diffusers_unsupported
+        )
 
 
 class _Collect(logging.Handler):
@@ -131,6 +144,18 @@ def _is_failure(line: str) -> bool:
     return "unsuccessful" in line or "unexpected" in line
 
 
+def diffusers_unsupported(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why diffusers' load_lora_weights cannot load `state` as it is, or None when it can."""
+    counts = Counter(d.kind for d in module_dims(state).values() if d.kind != "lora")
+    if not counts:
+        return None
+    found = ", ".join(f"{count} {LABELS[kind]}" for kind, count in sorted(counts.items()))
+    return (
+        f"diffusers' load_lora_weights loads LoRA/LoCon only, not these {found} modules "
+        "(it drops DoRA's dora_scale, refuses LoHa/LoKr); use lorakit, ComfyUI or A1111"
+    )
+
+
 def verify_lora(
     path: str | Path, base: BaseModel | None = None, family: ModelFamily | str | None = None
 ) -> VerifyReport:
@@ -152,5 +177,7 @@ def verify_lora(
         label, names = str(base.source), accepted_names(base)
     report = VerifyReport(path, family, label, len({split_key(k)[0] for k in state}))
     report.keymap_ignored = keymap_ignored(state, names)
-    report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(state, base)
+    report.diffusers_unsupported = diffusers_unsupported(state)
+    if report.diffusers_unsupported is None:
+        report.diffusers_ignored, report.diffusers_errors = diffusers_ignored(state, base)
     return report

@@ -82,6 +82,17 @@ class DatasetSection(Section):
 
 
 class NetworkSection(Section):
+    """The network to train.
+
+    `type`: "lora" (sd-scripts' LoRA; with `conv_rank` it is LoCon, as today), "locon"
+    (the same LoRA with the 3×3 convs always on: `conv_rank`/`conv_alpha` default to
+    `rank`/`alpha`, LyCORIS' defaults), "dora" (LoRA + LyCORIS' weight decomposition,
+    `dora_scale`), "loha" or "lokr" (LyCORIS' Hadamard / Kronecker products). Every type
+    takes `rank`/`alpha`; `conv_rank` adds its conv variant. LoHa/LoKr/DoRA files load in
+    lorakit, ComfyUI and A1111, not in diffusers' `load_lora_weights` for LoHa/LoKr.
+    """
+
+    type: Literal["lora", "locon", "dora", "loha", "lokr"] = "lora"
     rank: int = Field(default=32, ge=1)
     alpha: float = Field(default=16.0, gt=0.0)
     conv_rank: int | None = Field(default=None, ge=1)
@@ -89,6 +100,15 @@ class NetworkSection(Section):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     weights: str | None = None
     """A LoRA file to continue from (guide 000's fix for an undertrained LoRA)."""
+    factor: int = Field(default=-1, ge=-1)
+    """LoKr only: the size of the small Kronecker factor (-1: each size split closest to
+    a square, LyCORIS' default)."""
+
+    def conv(self) -> tuple[int | None, float | None]:
+        """(conv_rank, conv_alpha) as trained: "locon" defaults them to rank/alpha."""
+        if self.type != "locon":
+            return self.conv_rank, self.conv_alpha
+        return self.conv_rank or self.rank, self.conv_alpha or self.alpha
 
 
 class OptimizerSection(Section):
@@ -251,7 +271,16 @@ def _check_consistency(config: TrainConfig, source: str) -> None:
     Buckets are sized in steps of `bucket_step`, so a resolution off that grid trains at a
     smaller square than the run's metadata would state (100 trains at 64).
     """
-    ds, sched = config.dataset, config.scheduler
+    ds, sched, net = config.dataset, config.scheduler, config.network
+    if net.dropout and net.type not in ("lora", "locon"):
+        raise LorakitError(
+            f"{source}: network.dropout is LoRA's only (LyCORIS has none for {net.type}); "
+            "set it to 0"
+        )
+    if net.factor not in (-1, 0) and net.type != "lokr":
+        raise LorakitError(f"{source}: network.factor is for lokr only; remove it")
+    if net.factor == 0:
+        raise LorakitError(f"{source}: network.factor = 0; use -1 or a size >= 1")
     if ds.resolution is not None and ds.resolution % ds.bucket_step:
         raise LorakitError(
             f"{source}: dataset.resolution = {ds.resolution} is not a multiple of "

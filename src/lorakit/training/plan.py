@@ -184,14 +184,16 @@ def settings(
         return f" ({why[key]})" if key in why else ""
 
     net, opt, sched = c.network, c.optimizer, c.scheduler
-    conv = f", conv rank {net.conv_rank}, conv alpha {net.conv_alpha}" if net.conv_rank else ""
+    conv_rank, conv_alpha = net.conv()
+    conv = f", conv rank {conv_rank}, conv alpha {conv_alpha}" if conv_rank else ""
     args = f", args {opt.args}" if opt.args else ""
+    kind = "" if net.type == "lora" else f"{net.type}, "
     cycles = f", {sched.num_cycles} cycles" if sched.name == "cosine_with_restarts" else ""
     rows = [
         ("base model", f"{c.model.path}"),
         ("family", f"{c.model.family}{origin('family')}"),
         ("resolution", f"{c.dataset.resolution}{origin('resolution')}"),
-        ("network", f"rank {net.rank}, alpha {net.alpha}{conv}"),
+        ("network", f"{kind}rank {net.rank}, alpha {net.alpha}{conv}"),
         (
             "optimizer",
             f"{opt.name}, unet lr {opt.unet_lr}, text encoder lr {opt.text_encoder_lr}, "

@@ -94,15 +94,19 @@ def prediction_type(config: TrainConfig, base: BaseModel) -> str:
 
 
 def lora_config(config: TrainConfig, te_lrs: list[float]) -> LoRAConfig:
+    """The network's config; "locon" is a LoRA whose conv part defaults to rank/alpha."""
     net = config.network
+    conv_rank, conv_alpha = net.conv()
     return LoRAConfig(
         rank=net.rank,
         alpha=net.alpha,
-        conv_rank=net.conv_rank,
-        conv_alpha=net.conv_alpha,
+        conv_rank=conv_rank,
+        conv_alpha=conv_alpha,
         dropout=net.dropout,
         train_unet=config.optimizer.unet_lr > 0,
         train_text_encoder=any(lr > 0 for lr in te_lrs),
+        type="lora" if net.type == "locon" else net.type,
+        factor=net.factor,
     )
 
 
@@ -125,7 +129,10 @@ def inject(config: TrainConfig, base: BaseModel, te_lrs: list[float]) -> LoRANet
     network = LoRANetwork.inject(base, lora_config(config, te_lrs))
     if config.network.weights:
         state, _ = load_lora_file(Path(config.network.weights))
-        network.load_kohya_state_dict(state, strict=False)
+        try:
+            network.load_kohya_state_dict(state, strict=False)
+        except LorakitError as exc:
+            raise LorakitError(f"network.weights {config.network.weights}: {exc}") from None
     return network
 
 
