@@ -139,7 +139,7 @@ def _config_with(name: str, **dataset: object) -> Setup:
 
 
 _KOHYA = "train --from-kohya {tmp}/kohya.json --set model.path='\"{model}\"'"
-_LOKR = {"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "conv_dim": 100000, "factor": 8}
+_LOKR_DORA = {"LoRA_type": "LyCORIS/LoKr", "network_dim": 100000, "factor": 8, "dora_wd": True}
 _IA3 = {"LoRA_type": "LyCORIS/iA3", "network_dim": 1024, "network_alpha": 1024}
 
 
@@ -160,7 +160,7 @@ CASES = [
     Case("train: --resume of a state with pickles", _RESUME, _all(_OLD_RUN, _PICKLE_IN_STATE)),
     Case("train: --resume of a tampered training.pt", _RESUME, _TAMPERED_STATE),
     Case("train: --resume with --overwrite", _RESUME + " --overwrite", _OLD_RUN),
-    Case("train: kohya LyCORIS/LoKr config", _KOHYA, _kohya("kohya.json", **_LOKR)),
+    Case("train: kohya LyCORIS/LoKr with DoRA", _KOHYA, _kohya("kohya.json", **_LOKR_DORA)),
     Case("train: kohya LyCORIS/iA3 config", _KOHYA, _kohya("kohya.json", **_IA3)),
     Case("train: kohya max_resolution 100", _KOHYA, _kohya("kohya.json", max_resolution="100")),
     Case(

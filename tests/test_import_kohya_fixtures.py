@@ -1,5 +1,6 @@
 """Every kohya_ss GUI config in tests/fixtures/kohya_ss imports with the values sd-scripts
-would train with, or is refused when lorakit cannot train its network type.
+would train with (LoRA, LoCon, LoHa, LoKr), or is refused when lorakit cannot train its
+network type.
 
 The expectations are worked out by hand from the GUI's rules (kohya_ss v24: defaults for
 missing keys, blank and zero fields, the learning-rate rule, seed 0 = random) and from
@@ -9,6 +10,7 @@ weight decay), not read back from the importer.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class Expected:
     epochs: int
     notes: list[str]  # each import note starts with one of these, in this order
     optimizer_notes: list[str] = field(default_factory=list)
+    kind: str = "lora"  # network.type
 
 
 EXPECTED = {
@@ -173,7 +176,30 @@ EXPECTED = {
         notes=["max_resolution 512,650 is not square: lorakit trains at 576"],
     ),
 }
-REFUSED = {"loha-sd15.json": "LoRA_type LyCORIS/LoHa is not supported"}
+EXPECTED["loha-sd15.json"] = Expected(
+    kind="loha",
+    rank=32,
+    alpha=16.0,
+    conv=(8, 4.0),  # LyCORIS' conv_dim / conv_alpha: LoHa on the 3×3 convolutions too
+    lrs=(0.0001, 0.0001),
+    optimizer="adamw",
+    weight_decay=0.01,  # sd-scripts' AdamW (torch's default)
+    args={},
+    scheduler="cosine",
+    warmup_steps=0,
+    seed=None,
+    resolution=512,
+    epochs=2,
+    notes=[
+        "LoRA_type LyCORIS/LoHa: trained as lorakit's LoHa",
+        "bucket_reso_steps 1 is not a multiple of 8",
+        NO_UPSCALE,
+        "caption_extension: captions from folder names are not supported",
+        "seed blank is a random seed in kohya_ss: drew ",
+        "noise_offset_type Multires (multi-resolution noise) is not supported",
+        "scale_weight_norms = 1 is not supported",
+    ],
+)
 
 
 def _assert_notes(notes: list[str], starts: list[str]) -> None:
@@ -183,7 +209,7 @@ def _assert_notes(notes: list[str], starts: list[str]) -> None:
 
 
 def test_every_fixture_has_an_expectation() -> None:
-    assert sorted(EXPECTED | REFUSED) == sorted(p.name for p in FIXTURES.glob("*.json"))
+    assert sorted(EXPECTED) == sorted(p.name for p in FIXTURES.glob("*.json"))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -192,7 +218,7 @@ def test_fixture_imports_with_the_values_sd_scripts_would_use(name: str) -> None
     result = import_kohya(FIXTURES / name)
     config = config_from_dict(result.overrides)
     net, opt, sched = config.network, config.optimizer, config.scheduler
-    assert (net.rank, net.alpha) == (want.rank, want.alpha)
+    assert (net.type, net.rank, net.alpha) == (want.kind, want.rank, want.alpha)
     conv = (net.conv_rank, net.conv_alpha) if net.conv_rank else None
     assert conv == want.conv
     assert (opt.unet_lr, opt.text_encoder_lr) == want.lrs
@@ -214,16 +240,41 @@ def test_fixture_imports_with_the_values_sd_scripts_would_use(name: str) -> None
         assert 0 <= config.training.seed < 2**31
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_fixture_of_a_network_type_lorakit_lacks_is_refused(name: str) -> None:
-    with pytest.raises(LorakitError) as excinfo:
-        import_kohya(FIXTURES / name)
-    message = str(excinfo.value)
-    assert "\n" not in message and str(FIXTURES / name) in message
-    assert REFUSED[name] in message and "Standard" in message and "LoCon" in message
-
-
 def test_a_random_seed_is_drawn_anew_for_each_import() -> None:
     path = FIXTURES / "SDXL-Standard-Adafactor.json"
     seeds = {import_kohya(path).overrides["training"]["seed"] for _ in range(3)}
     assert len(seeds) == 3
+
+
+def _variant(tmp_path: Path, **changes: object) -> Path:
+    """The LoHa fixture as the GUI would save it with `changes` made."""
+    data = json.loads((FIXTURES / "loha-sd15.json").read_text(encoding="utf-8"))
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(data | changes), encoding="utf-8")
+    return path
+
+
+def test_a_full_matrix_lokr_config_imports_as_lokr_with_its_factor(tmp_path: Path) -> None:
+    # kohya_ss' LoKr preset: network_dim 100000 asks LyCORIS for full Kronecker factors.
+    path = _variant(tmp_path, LoRA_type="LyCORIS/LoKr", network_dim=100000, factor=8)
+    net = config_from_dict(import_kohya(path).overrides).network
+    assert (net.type, net.rank, net.factor, net.conv_rank) == ("lokr", 100000, 8, 8)
+
+
+@pytest.mark.parametrize("lora_type", ["LyCORIS/LoCon", "LoCon"])
+def test_dora_wd_on_a_locon_trains_dora(lora_type: str, tmp_path: Path) -> None:
+    path = _variant(tmp_path, LoRA_type=lora_type, dora_wd=True)
+    net = config_from_dict(import_kohya(path).overrides).network
+    assert (net.type, net.conv_rank, net.conv_alpha) == ("dora", 8, 4.0)
+
+
+def test_dora_wd_on_loha_is_refused(tmp_path: Path) -> None:
+    path = _variant(tmp_path, dora_wd=True)
+    with pytest.raises(LorakitError, match="dora_wd with LyCORIS algo loha"):
+        import_kohya(path)
+
+
+def test_an_unsupported_lokr_option_is_a_note(tmp_path: Path) -> None:
+    path = _variant(tmp_path, LoRA_type="LyCORIS/LoKr", decompose_both=True)
+    notes = import_kohya(path).notes
+    assert any(n.startswith("network arg decompose_both=True is not supported") for n in notes)

@@ -83,8 +83,6 @@ def test_conv_alpha_zero_is_the_conv_rank_and_missing_is_one(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "lora_type",
     [
-        "LyCORIS/LoHa",
-        "LyCORIS/LoKr",
         "LyCORIS/iA3",
         "LyCORIS/DyLoRA",
         "LyCORIS/GLoRA",
@@ -102,13 +100,14 @@ def test_lycoris_and_other_network_types_are_refused(tmp_path: Path, lora_type: 
         import_kohya(path)
     message = str(excinfo.value)
     assert "\n" not in message and message.startswith(f"{path}: LoRA_type {lora_type} ")
-    assert "Standard (LoRA), Kohya LoCon or LyCORIS/LoCon" in message
+    assert "Standard (LoRA), Kohya LoCon, LyCORIS/LoCon" in message
+    assert "LyCORIS/LoHa or LyCORIS/LoKr" in message
 
 
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ("--network_module lycoris.kohya --network_args algo=lokr", "algo=lokr"),
+        ("--network_module lycoris.kohya --network_args algo=ia3", "algo=ia3"),
         ("--network_module networks.dylora", "--network_module networks.dylora"),
     ],
 )
@@ -119,6 +118,14 @@ def test_additional_parameters_that_change_the_network_type_are_refused(
     with pytest.raises(LorakitError) as excinfo:
         import_kohya(path)
     assert named in str(excinfo.value)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_network_args_algo_picks_the_lycoris_type(tmp_path: Path, algo: str) -> None:
+    options = f"--network_module lycoris.kohya --network_args algo={algo} conv_dim=4"
+    path = _kohya(tmp_path, network_dim=16, additional_parameters=options)
+    config, _ = _imported(path)
+    assert (config.network.type, config.network.rank, config.network.conv_rank) == (algo, 16, 4)
 
 
 def test_lycoris_locon_trains_as_lorakits_locon(tmp_path: Path) -> None:

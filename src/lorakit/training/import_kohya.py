@@ -6,7 +6,7 @@ and zero fields, the sd-scripts options in `additional_parameters`
 (`import_kohya_schema`, `import_sdscripts`). kohya keeps repeats in the image folder's
 name (``img/10_name``), not in its JSON: the import points `dataset.path` at the same
 folder and the dataset scan reads the repeats from it. LoRA types lorakit does not train
-(LoHa, LoKr, iA3, ...) are refused before anything is written.
+(iA3, DyLoRA, GLoRA, ...) are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -56,15 +56,17 @@ _LYCORIS_ARGS = words(
     use_scalar rank_dropout_scale train_norm
     """
 )
+_LOKR_ARGS = words("factor use_cp decompose_both")
+_LABELS = {"locon": "LoCon", "loha": "LoHa", "lokr": "LoKr"}
 # Network args whose value here is what lorakit's LoRA/LoCon does anyway.
 _NEUTRAL_ARGS = {"preset": "full"}
 
 
 def _refuse(reader: Reader, what: str) -> None:
     raise reader.error(
-        f"{what} is not supported: lorakit trains LoRA_type Standard (LoRA), Kohya LoCon or "
-        "LyCORIS/LoCon (LoRA on convolutions too); choose one of those in kohya_ss and save "
-        "the config again"
+        f"{what} is not supported: lorakit trains LoRA_type Standard (LoRA), Kohya LoCon, "
+        "LyCORIS/LoCon (LoRA on convolutions too), LyCORIS/LoHa or LyCORIS/LoKr; choose one "
+        "of those in kohya_ss and save the config again"
     )
 
 
@@ -77,9 +79,11 @@ def _network_args(reader: Reader, lora_type: str) -> dict[str, str]:
         if any(not sep for _, sep, _ in pairs):
             raise reader.error("additional_parameters --network_args items must be name=value")
         return {name: value for name, _, value in pairs}
-    if lora_type in ("LyCORIS/LoCon", "LoCon"):
-        args = {name: reader.text(name) for name in sorted(_LYCORIS_ARGS)}
-        return args | {"preset": reader.text("LyCORIS_preset"), "algo": "locon"}
+    algo = schema.LYCORIS_ALGOS.get(lora_type)
+    if algo:
+        names = _LYCORIS_ARGS | (_LOKR_ARGS if algo == "lokr" else set())
+        args = {name: reader.text(name) for name in sorted(names)}
+        return args | {"preset": reader.text("LyCORIS_preset"), "algo": algo}
     args = {"conv_dim": reader.text("conv_dim"), "conv_alpha": reader.text("conv_alpha")}
     args = args if lora_type == "Kohya LoCon" else {}
     for key in sorted(_BLOCK_ARGS):
@@ -89,13 +93,32 @@ def _network_args(reader: Reader, lora_type: str) -> dict[str, str]:
 
 
 def _module(reader: Reader, args: dict[str, str]) -> None:
-    """An sd-scripts --network_module (and LyCORIS algo) other than a LoRA/LoCon is refused."""
+    """The network type from sd-scripts' --network_module, LyCORIS' algo and dora_wd; any
+    other module or algo is refused."""
     module = reader.text("network_module") or "networks.lora"
     algo = args.pop("algo", "lora" if module == "lycoris.kohya" else "")
+    algo = algo.strip("\"'").lower()
     if module not in ("networks.lora", "lycoris.kohya"):
         _refuse(reader, f"additional_parameters --network_module {module}")
-    if algo and algo.strip("\"'").lower() not in ("lora", "locon"):
+    if algo and algo not in ("lora", "locon", "loha", "lokr"):
         _refuse(reader, f"network_args algo={algo} (LyCORIS)")
+    dora = arg_value(args.pop("dora_wd", "") or "0") is True
+    if dora and algo in ("loha", "lokr"):
+        _refuse(reader, f"dora_wd with LyCORIS algo {algo} (DoRA is trained on LoRA/LoCon)")
+    kind = "dora" if dora else {"loha": "loha", "lokr": "lokr"}.get(algo, "lora")
+    if kind != "lora":
+        reader.set("network.type", kind)
+    if kind == "lokr":
+        _lokr_factor(reader, args)
+
+
+def _lokr_factor(reader: Reader, args: dict[str, str]) -> None:
+    """LoKr's `factor` (-1: LyCORIS' near-square split); 0 is refused by the config."""
+    factor = arg_value(args.pop("factor", "-1") or "-1")
+    if isinstance(factor, bool) or not isinstance(factor, int):
+        raise reader.error(f"network factor must be a whole number, got {factor!r}; fix it")
+    if factor != -1:
+        reader.set("network.factor", factor)
 
 
 def _conv(reader: Reader, args: dict[str, str]) -> None:
@@ -125,10 +148,11 @@ def _kohya_network(reader: Reader) -> None:
     for name, value in args.items():
         if arg_value(value or "0") not in (0, False, "", _NEUTRAL_ARGS.get(name)):
             reader.note(f"network arg {name}={value} is not supported by lorakit; ignored")
-    if lora_type in ("LyCORIS/LoCon", "LoCon"):
+    algo = schema.LYCORIS_ALGOS.get(lora_type)
+    if algo:
         reader.note(
-            f"LoRA_type {lora_type}: trained as lorakit's LoCon, on kohya LoCon's layers "
-            "(a LyCORIS preset may pick others)"
+            f"LoRA_type {lora_type}: trained as lorakit's {_LABELS[algo]}, on kohya LoCon's "
+            "layers (a LyCORIS preset may pick others)"
         )
 
 

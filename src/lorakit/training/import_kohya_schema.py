@@ -65,9 +65,18 @@ GUI_DEFAULTS: dict[str, object] = {
     "LyCORIS_preset": "full",
 }
 
-# LoRA types lorakit trains: a LoRA, or a LoCon (LoRA on the 3×3 convolutions too).
-# "LoCon" is the GUI's old name of LyCORIS/LoCon.
-LORA_TYPES = frozenset({"Standard", "Kohya LoCon", "LyCORIS/LoCon", "LoCon"})
+# LoRA types lorakit trains: a LoRA, a LoCon (LoRA on the 3×3 convolutions too), LyCORIS'
+# LoHa and LoKr. "LoCon" is the GUI's old name of LyCORIS/LoCon.
+LORA_TYPES = frozenset(
+    {"Standard", "Kohya LoCon", "LyCORIS/LoCon", "LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr"}
+)
+# The LyCORIS algo kohya_ss passes for each LyCORIS LoRA type.
+LYCORIS_ALGOS = {
+    "LyCORIS/LoCon": "locon",
+    "LoCon": "locon",
+    "LyCORIS/LoHa": "loha",
+    "LyCORIS/LoKr": "lokr",
+}
 
 # kohya_ss keys copied as they are: key → (TrainConfig field, kind of value).
 COPIES = {
@@ -111,7 +120,8 @@ HANDLED = words(
     sample_every_n_epochs sample_prompts_file additional_parameters network_args network_module
     LyCORIS_preset rank_dropout module_dropout down_lr_weight mid_lr_weight up_lr_weight
     block_lr_zero_threshold block_dims block_alphas conv_block_dims conv_block_alphas
-    use_tucker use_scalar rank_dropout_scale bypass_mode dora_wd train_norm
+    use_tucker use_scalar rank_dropout_scale bypass_mode dora_wd train_norm factor use_cp
+    decompose_both
     """
 )
 
@@ -170,7 +180,7 @@ IRRELEVANT = words(
     metadata_license metadata_tags metadata_title training_comment model_list save_as_bool
     save_state save_state_on_train_end save_last_n_steps_state save_last_n_epochs_state
     sample_sampler vae_batch_size sdxl_no_half_vae lowvram highvram no_token_padding
-    huber_c huber_schedule training_preset use_cp factor decompose_both train_on_input unit
+    huber_c huber_schedule training_preset train_on_input unit
     constrain rescaled conv_alphas conv_dims
     """
 )
