@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import LorakitError
-from lorakit.network.lora import LoRANetwork
 from lorakit.network.naming import UNET_PART, Site, ldm_block_map, to_ldm_path
+
+if TYPE_CHECKING:
+    from lorakit.network.lora import LoRANetwork
 
 
 def _ids(prefix: str, indices: Iterable[int]) -> tuple[str, ...]:

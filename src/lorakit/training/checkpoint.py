@@ -16,6 +16,9 @@ from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
 
 SUMMARY = "summary.json"
+# The resume state folder, and the two names a state swap passes through (lorakit.training.state).
+STATE = "state"
+FRESH, OLD = ".state-new", ".state-old"
 
 
 def epoch_file(out: Path, name: str, epoch: int) -> Path:

@@ -24,11 +24,10 @@ from typing import Any
 from lorakit.errors import LorakitError
 from lorakit.fileio import check_writable_folder, temp_target
 from lorakit.training import checkpoint as ckpt
-from lorakit.training import state as st
 from lorakit.training.checkpoint import Progress
 from lorakit.training.config import TrainConfig
 
-RUN_FILES = (ckpt.SUMMARY, "config.toml", st.STATE, st.FRESH, st.OLD, "logs")
+RUN_FILES = (ckpt.SUMMARY, "config.toml", ckpt.STATE, ckpt.FRESH, ckpt.OLD, "logs")
 # Moved aside with the run but no sign of one on their own.
 COMPANIONS = ("samples", "loss.png", "grid.png", "sample_prompts.txt")
 
@@ -76,8 +75,8 @@ def _describe(out: Path, found: list[str]) -> str:
 
 
 def _refuse(out: Path, found: list[str]) -> None:
-    saved = any((out / folder).is_dir() for folder in (st.STATE, st.FRESH, st.OLD))
-    resume = f"--resume {out / st.STATE} to continue it, " if saved else ""
+    saved = any((out / folder).is_dir() for folder in (ckpt.STATE, ckpt.FRESH, ckpt.OLD))
+    resume = f"--resume {out / ckpt.STATE} to continue it, " if saved else ""
     raise LorakitError(
         f"{out} holds {_describe(out, found)}; pass {resume}a new saving.output_dir, or "
         f"--overwrite to move the old run to {out}/.previous-<time>/"
@@ -128,6 +127,8 @@ def _ways_on(out: Path, name: str) -> str:
 def check_state(path: Path, config: TrainConfig) -> tuple[Progress, dict[str, Any]]:
     """The counters and the (weights-only) training tensors a resume from `path` gets
     (after `state.recover`); one line with the ways on when it cannot be resumed."""
+    from lorakit.training import state as st  # torch: kept out of the UI's start
+
     out, name = path.parent, config.saving.name
     source = st.resumable(path)
     why = st.problem(source)
@@ -188,7 +189,9 @@ def prepare_run_folder(
         if main and found:
             start.moved_to = move_aside(out, name)
         if main and resume is not None:
-            st.recover(resume)
+            from lorakit.training.state import recover
+
+            recover(resume)
         if main and out.is_dir():
             remove_stale_temps(out, name)
     return start

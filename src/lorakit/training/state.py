@@ -31,10 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from lorakit.errors import LorakitError
 from lorakit.fileio import atomic_write_text
-from lorakit.training.checkpoint import Progress
+from lorakit.training.checkpoint import FRESH, OLD, STATE, Progress
 
-STATE = "state"
-FRESH, OLD = ".state-new", ".state-old"
 COMPLETE = "complete"
 LORA, TRAINING, PROGRESS = "lora.safetensors", "training.pt", "progress.json"
 
