@@ -130,8 +130,11 @@ def train_kill_resume(b: Browser, server: Server, out: Path) -> None:
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     job_id = int(page.url.rsplit("/", 1)[1])
     assert page.locator("#p-step").inner_text() in ("0", "-")
+    # Steps pace these two waits: a loaded 2-core machine takes seconds per step.
     page.wait_for_function("+document.getElementById('p-step').textContent > 0", timeout=60_000)
-    page.wait_for_function("+document.getElementById('live-chart').dataset.points > 1")
+    page.wait_for_function(
+        "+document.getElementById('live-chart').dataset.points > 1", timeout=60_000
+    )
     assert page.locator("#live-chart canvas").count() == 1
     second = b.context.new_page()
     second.goto(page.url.rsplit("/jobs", 1)[0] + "/p/1/train")
