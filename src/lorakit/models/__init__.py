@@ -1,4 +1,4 @@
-"""Base-model families (SD1.5, SDXL): offline loading of diffusers folders and single files."""
+"""Base-model families (SD1.5, SDXL; FLUX.1 in `lorakit.models.flux`): offline loading."""
 
 from lorakit.models.base import BaseModel, ModelFamily
 from lorakit.models.checkpoint import file_hashes

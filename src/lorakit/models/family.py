@@ -20,6 +20,7 @@ from typing import Protocol
 from lorakit.errors import LorakitError
 from lorakit.models.base import ModelFamily
 from lorakit.models.components import read_json, read_scheduler_config
+from lorakit.models.flux.keys import flux_layout
 from lorakit.models.tensors import read_index
 
 UNET_PREFIX = "model.diffusion_model."
@@ -95,6 +96,12 @@ def family_from_keys(tensors: Mapping[str, Shaped], path: Path) -> ModelFamily:
     """The family of a single-file checkpoint whose tensors (or header entries) are `tensors`,
     read from `path`; a one-line LorakitError for any model lorakit does not train on."""
     keys = list(tensors)
+    flux = flux_layout(tensors)
+    if flux is not None:
+        raise LorakitError(
+            f"{path}: a {flux.name} checkpoint ({flux.transformer}double_blocks.* transformer), "
+            f"not SD1.5/SDXL; {SUPPORTED}"
+        )
     _refuse_other_models(keys, path)
     if not (_has(keys, UNET_PREFIX) and _has(keys, VAE_PREFIX)):
         raise LorakitError(
@@ -124,8 +131,10 @@ def family_from_folder(folder: Path) -> ModelFamily:
     and UNets with more than 4 input channels (inpainting, pix2pix) are refused.
     """
     index = read_json(folder / "model_index.json")
-    unet = read_json(folder / "unet" / "config.json")
     pipeline = str(index.get("_class_name", ""))
+    if pipeline.startswith("Flux"):
+        raise LorakitError(f"{folder}: a FLUX.1 model ({pipeline}), not SD1.5/SDXL; {SUPPORTED}")
+    unet = read_json(folder / "unet" / "config.json")
     if index.get(TINY_MARKER) == ModelFamily.TINY.value:
         return ModelFamily.TINY
     if read_scheduler_config(folder).get("prediction_type") == "v_prediction":

@@ -66,7 +66,7 @@ TEXT_ENCODER_PREFIXES = {
 }
 
 
-def _check_dtype(dtype: torch.dtype, path: Path) -> None:
+def check_dtype(dtype: torch.dtype, path: Path) -> None:
     if dtype not in DTYPES:
         raise LorakitError(f"{path}: cannot load in {dtype}; use float32, float16 or bfloat16")
 
@@ -99,7 +99,7 @@ def load_base_model(
     single file whose sizes differ from the released models (default: bundled configs).
     """
     path = Path(path).expanduser()
-    _check_dtype(dtype, path)
+    check_dtype(dtype, path)
     if path.is_dir():
         resolved = _resolve_family(path, detect_family(path), family)
         return _load_folder(path, resolved, dtype)
@@ -120,7 +120,7 @@ def _variant(part: Path) -> str | None:
     return "fp16" if not plain and any(part.glob("*.fp16.safetensors")) else None
 
 
-def _from_folder(cls: type, folder: Path, subfolder: str, **kwargs: object) -> torch.nn.Module:
+def from_folder(cls: type, folder: Path, subfolder: str, **kwargs: object) -> torch.nn.Module:
     """One component of a diffusers folder; a missing or broken part is a user error."""
     part = folder / subfolder
     try:
@@ -136,11 +136,10 @@ def _from_folder(cls: type, folder: Path, subfolder: str, **kwargs: object) -> t
 
 def _load_folder(folder: Path, family: ModelFamily, dtype: torch.dtype) -> BaseModel:
     """A diffusers folder, component by component (its own tokenizers are not needed)."""
-    unet = _from_folder(UNet2DConditionModel, folder, "unet", torch_dtype=dtype)
-    vae = _from_folder(AutoencoderKL, folder, "vae", torch_dtype=dtype)
+    unet = from_folder(UNet2DConditionModel, folder, "unet", torch_dtype=dtype)
+    vae = from_folder(AutoencoderKL, folder, "vae", torch_dtype=dtype)
     text_encoders = [
-        _from_folder(cls, folder, subfolder, dtype=dtype)
-        for subfolder, cls in TEXT_ENCODERS[family]
+        from_folder(cls, folder, subfolder, dtype=dtype) for subfolder, cls in TEXT_ENCODERS[family]
     ]
     scheduler_config = read_scheduler_config(folder)
     return assemble_base_model(folder, family, unet, vae, text_encoders, scheduler_config)
@@ -191,7 +190,7 @@ class _Part(Mapping[str, torch.Tensor]):
         return len(self._keys)
 
 
-def _fill(
+def fill_module(
     path: Path, what: str, build: Callable[[], torch.nn.Module], weights: StateDict
 ) -> torch.nn.Module:
     """Build `what` without allocating, then hand it `weights` (no copy), strictly."""
@@ -225,7 +224,7 @@ def _unet(
     config = UNet2DConditionModel.load_config(folder / "unet")
     part = _Part(state, UNET_PREFIX, dtype)
     weights = _convert(path, "UNet", partial(convert_ldm_unet_checkpoint, part, config))
-    return _fill(path, "UNet", partial(UNet2DConditionModel.from_config, config), weights)
+    return fill_module(path, "UNet", partial(UNet2DConditionModel.from_config, config), weights)
 
 
 def _vae(
@@ -234,7 +233,7 @@ def _vae(
     config = AutoencoderKL.load_config(folder / "vae")
     part = _Part(state, VAE_PREFIX, dtype)
     weights = _convert(path, "VAE", partial(convert_ldm_vae_checkpoint, part, config))
-    return _fill(path, "VAE", partial(AutoencoderKL.from_config, config), weights)
+    return fill_module(path, "VAE", partial(AutoencoderKL.from_config, config), weights)
 
 
 def _text_encoder_weights(
@@ -267,7 +266,7 @@ def _text_encoder(
     what = f"text encoder {index + 1}"
     part = _Part(state, prefix, dtype)
     weights = _convert(path, what, partial(_text_encoder_weights, part, prefix, skeleton))
-    return _fill(path, what, build, weights)
+    return fill_module(path, what, build, weights)
 
 
 def load_single_file_state(

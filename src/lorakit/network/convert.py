@@ -10,8 +10,6 @@ tree, so SDXL's LDM spelling is handled exactly as when training.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +22,7 @@ from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
 from lorakit.network.kinds import LABELS
 from lorakit.network.lora import all_sites, config_from_dims
-from lorakit.network.metadata import lora_metadata
+from lorakit.network.metadata import adapter_alpha, lora_metadata
 from lorakit.network.naming import UNET_PART, Site, site_index
 
 _DIFFUSERS_SUFFIXES = {
@@ -84,20 +82,6 @@ def kohya_to_diffusers(
     return out
 
 
-def _adapter_alpha(metadata: Mapping[str, str], part: str, path: str, rank: int) -> float:
-    """Alpha of one module from diffusers' `lora_adapter_metadata` (peft config); else rank."""
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return float(rank)
-    config = json.loads(raw)
-    for pattern, alpha in (config.get(f"{part}.alpha_pattern") or {}).items():
-        plain = pattern.lstrip("^")
-        if path == plain or path.endswith(f".{plain}") or re.fullmatch(pattern, path):
-            return float(alpha)
-    alpha = config.get(f"{part}.lora_alpha")
-    return float(alpha) if alpha else float(rank)
-
-
 def diffusers_to_kohya(
     state: Mapping[str, torch.Tensor],
     family: ModelFamily,
@@ -121,7 +105,7 @@ def diffusers_to_kohya(
         if site is None or set(pair) != {"down", "up"}:
             raise LorakitError(f"{source}: {module_key} has no {family.value} layer or lacks A/B")
         rank = int(pair["down"].shape[0])
-        alpha = _adapter_alpha(metadata, site.part, site.path, rank)
+        alpha = adapter_alpha(metadata, site.part, site.path, rank)
         out[f"{site.name}.lora_down.weight"] = pair["down"]
         out[f"{site.name}.lora_up.weight"] = pair["up"]
         out[f"{site.name}.alpha"] = torch.tensor(alpha, dtype=pair["down"].dtype)

@@ -15,6 +15,7 @@ import torch
 
 from lorakit.errors import LorakitError
 from lorakit.models.base import ModelFamily
+from lorakit.network.flux import is_flux_lora
 from lorakit.network.metadata import family_from_metadata
 
 _CROSS_WIDTH = {768: ModelFamily.SD15, 2048: ModelFamily.SDXL, 64: ModelFamily.TINY}
@@ -35,6 +36,8 @@ def detect_lora_family(
     state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str = "LoRA"
 ) -> ModelFamily:
     """The family of a kohya- or diffusers-format LoRA; LorakitError when nothing tells."""
+    if is_flux_lora(state, metadata):  # its CLIP-L keys (`lora_te1_`) would read as SDXL
+        raise LorakitError(f"{source}: a FLUX.1 LoRA; this command takes SD1.5 and SDXL LoRAs")
     family = family_from_metadata(metadata)
     if family is not None:
         return family

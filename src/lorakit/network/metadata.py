@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -230,3 +231,17 @@ def family_from_metadata(metadata: Mapping[str, str]) -> ModelFamily | None:
     if version == BASE_MODEL_VERSION[ModelFamily.TINY]:
         return ModelFamily.TINY
     return None
+
+
+def adapter_alpha(metadata: Mapping[str, str], part: str, path: str, rank: int) -> float:
+    """Alpha of one module from diffusers' `lora_adapter_metadata` (peft config); else rank."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return float(rank)
+    config = json.loads(raw)
+    for pattern, alpha in (config.get(f"{part}.alpha_pattern") or {}).items():
+        plain = pattern.lstrip("^")
+        if path == plain or path.endswith(f".{plain}") or re.fullmatch(pattern, path):
+            return float(alpha)
+    alpha = config.get(f"{part}.lora_alpha")
+    return float(alpha) if alpha else float(rank)
