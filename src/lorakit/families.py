@@ -22,3 +22,6 @@ NATIVE_SIDE = {
     ModelFamily.SDXL.value: 1024,
     ModelFamily.TINY.value: 64,
 }
+# FLUX.1 LoRA files (`lora convert|inspect|verify`, `lorakit.network.flux_files`): a family
+# name on the command line before FLUX.1 is a ModelFamily of every stage.
+FLUX1 = "flux1"

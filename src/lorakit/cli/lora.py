@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from lorakit.families import ModelFamily
+from lorakit.families import FLUX1, ModelFamily
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument(
         "--base",
         help="base checkpoint (diffusers folder or single file) or a family "
-        f"({', '.join(FAMILIES)}); default: the full architecture of the detected family",
+        f"({', '.join([*FAMILIES, FLUX1])}); default: the full architecture of the detected family",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=run_verify)
@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("input", help="LoRA file to read")
     convert.add_argument("output", help="file to write (.safetensors)")
     convert.add_argument("--to", required=True, choices=["kohya", "diffusers"])
-    convert.add_argument("--family", choices=FAMILIES, help="base family if it cannot be detected")
+    convert.add_argument(
+        "--family", choices=[*FAMILIES, FLUX1], help="base family if it cannot be detected"
+    )
     convert.set_defaults(func=run_convert)
     _register_tools(sub)
 
@@ -99,6 +101,10 @@ def _base_for(spec: str | None) -> tuple[BaseModel | None, str | None]:
         return None, None
     if spec in FAMILIES:
         return None, spec
+    if spec == FLUX1:
+        from lorakit.errors import LorakitError
+
+        raise LorakitError("--base flux1 takes FLUX.1 LoRAs; this one is not")
     from lorakit.models import load_base_model
 
     return load_base_model(spec), None
@@ -106,7 +112,7 @@ def _base_for(spec: str | None) -> tuple[BaseModel | None, str | None]:
 
 def _print_report(report: VerifyReport, console: Console) -> None:
     console.print(
-        f"{report.path}: {report.family.value} LoRA, {report.modules} modules, base {report.base}"
+        f"{report.path}: {report.family} LoRA, {report.modules} modules, base {report.base}"
     )
     checks = (
         ("A1111/ComfyUI/InvokeAI key mapping", report.keymap_ignored),
@@ -127,14 +133,21 @@ def _print_report(report: VerifyReport, console: Console) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from lorakit.network.verify import verify_lora
+    from lorakit.network.flux_files import is_flux_file
 
     console = Console(soft_wrap=True, stderr=args.json)
     with console.status("loading the base and the LoRA through both loaders..."):
-        base, family = _base_for(args.base)
-        report = verify_lora(args.file, base=base, family=family)
+        if is_flux_file(args.file):
+            from lorakit.network.flux_verify import verify_flux_lora
+
+            report = verify_flux_lora(args.file, args.base)
+        else:
+            from lorakit.network.verify import verify_lora
+
+            base, family = _base_for(args.base)
+            report = verify_lora(args.file, base=base, family=family)
     if args.json:
-        data = asdict(report) | {"path": str(report.path), "family": report.family.value}
+        data = asdict(report) | {"path": str(report.path), "family": str(report.family)}
         print(json.dumps(data | {"ok": report.ok}, indent=2))
     else:
         _print_report(report, console)

@@ -20,6 +20,8 @@ from lorakit.errors import LorakitError
 from lorakit.models import ModelFamily, empty_base_model
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
+from lorakit.network.flux import is_flux_lora
+from lorakit.network.flux_files import check_flux_file, convert_flux_file
 from lorakit.network.kinds import LABELS
 from lorakit.network.lora import all_sites, config_from_dims
 from lorakit.network.metadata import adapter_alpha, lora_metadata
@@ -115,8 +117,12 @@ def diffusers_to_kohya(
 def convert_file(
     source: str | Path, target: str | Path, to: str, family: ModelFamily | str | None = None
 ) -> Path:
-    """Convert a LoRA file to `to` ("kohya" or "diffusers") and write it atomically."""
+    """Convert a LoRA file to `to` ("kohya" or "diffusers") and write it atomically; a
+    FLUX.1 LoRA (or `family` "flux1") goes through `network.flux_files`."""
     state, metadata = load_lora_file(source)
+    check_flux_file(state, metadata, str(source), family)
+    if is_flux_lora(state, metadata):
+        return convert_flux_file(state, metadata, str(source), target, to)
     family = ModelFamily(family) if family else detect_lora_family(state, metadata, str(source))
     kohya = is_kohya_format(state)
     if to == "kohya":

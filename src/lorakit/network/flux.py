@@ -68,13 +68,19 @@ class FluxSite:
     in_features: int  # lora_down's width, shared by the targets
 
 
-def flux_layer(model: FluxModel, key: str) -> nn.Linear:
-    """The Linear a diffusers LoRA key prefix (`transformer.…`, `text_encoder.…`) names."""
+def flux_module(model: FluxModel, key: str) -> nn.Module:
+    """The module a diffusers LoRA key prefix (`transformer.…`, `text_encoder.…`) names:
+    the Linear, or peft's layer around it once a LoRA is loaded."""
     part, _, path = key.partition(".")
     root = model.transformer if part == "transformer" else model.text_encoders[0]
     if part != "transformer" and not hasattr(root, "text_model"):
         path = path.removeprefix("text_model.")  # transformers 5 flattened CLIPTextModel
-    layer = root.get_submodule(path)
+    return root.get_submodule(path)
+
+
+def flux_layer(model: FluxModel, key: str) -> nn.Linear:
+    """The Linear a diffusers LoRA key prefix names (`flux_module` before any LoRA)."""
+    layer = flux_module(model, key)
     assert isinstance(layer, nn.Linear)
     return layer
 

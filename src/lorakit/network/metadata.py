@@ -152,15 +152,29 @@ def lora_metadata(
     `trigger_phrase`, ...) only theirs. See `base_model_metadata` for the base's name/hashes.
     """
     family = ModelFamily(family)
+    base = (BASE_MODEL_VERSION[family], ARCHITECTURE[family], IMPLEMENTATION[family])
+    return base_lora_metadata(*base, DEFAULT_RESOLUTION[family], config, **training)
+
+
+def base_lora_metadata(
+    version: str,
+    architecture: str,
+    implementation: str,
+    default_resolution: int,
+    config: LoRAConfig,
+    **training: object,
+) -> dict[str, str]:
+    """`lora_metadata` for a base named by its sd-scripts version (`ss_base_model_version`),
+    modelspec architecture and implementation: the one body FLUX.1 shares with SD."""
     modelspec_extra = {key: training.pop(key) for key in MODELSPEC_FIELDS if key in training}
     started = float(_take(training, "training_started_at") or time.time())  # type: ignore[arg-type]
-    resolution = _resolution(_take(training, "resolution") or DEFAULT_RESOLUTION[family])
+    resolution = _resolution(_take(training, "resolution") or default_resolution)
     meta: dict[str, str] = {
         "ss_network_module": network_module(config),
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": _format(float(config.alpha)),
         "ss_network_dropout": _format(float(config.dropout)),
-        "ss_base_model_version": BASE_MODEL_VERSION[family],
+        "ss_base_model_version": version,
         "ss_v2": "False",
         "ss_training_started_at": repr(started),
         "ss_resolution": str(resolution),
@@ -175,12 +189,14 @@ def lora_metadata(
         key = name if name.startswith("ss_") else f"ss_{name}"
         if value is not None:
             meta[key] = _structured(key, value) if key in _STRUCTURED else _format(value)
-    meta.update(_modelspec(family, started, resolution, meta, modelspec_extra))
+    spec = _modelspec(architecture, implementation, started, resolution, meta, modelspec_extra)
+    meta.update(spec)
     return meta
 
 
 def _modelspec(
-    family: ModelFamily,
+    architecture: str,
+    implementation: str,
     started: float,
     resolution: tuple[int, int],
     meta: Mapping[str, str],
@@ -189,8 +205,8 @@ def _modelspec(
     title = extra.get("title") or meta.get("ss_output_name") or f"LoRA@{int(started)}"
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": ARCHITECTURE[family],
-        "modelspec.implementation": IMPLEMENTATION[family],
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": implementation,
         "modelspec.implementation_version": f"lorakit/{__version__}",
         "modelspec.title": str(title),
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",

@@ -10,11 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorakit.errors import LorakitError
+from lorakit.families import FLUX1
 from lorakit.models import ModelFamily
 from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import ModuleDims, load_lora_file, module_dims
+from lorakit.network.flux import is_flux_lora
+from lorakit.network.flux_files import flux_group, flux_kohya_state
 from lorakit.network.keymap import family_accepted_names
 from lorakit.network.kinds import LABELS
 
@@ -78,10 +83,15 @@ def _tag_frequency(metadata: dict[str, str]) -> dict[str, Any]:
 
 
 def inspect_lora(path: str | Path) -> LoRASummary:
-    """Summarise a kohya- or diffusers-format LoRA file."""
+    """Summarise a kohya- or diffusers-format LoRA file (SD1.5, SDXL or FLUX.1)."""
     path = Path(path)
     state, metadata = load_lora_file(path)
     kohya = is_kohya_format(state)
+    if is_flux_lora(state, metadata):
+        state = flux_kohya_state(state, metadata, str(path))
+        dims = module_dims(state, str(path))
+        groups = {name: flux_group(name) for name in dims}
+        return _summary(path, FLUX1, kohya, state, metadata, dims, groups)
     try:
         family = detect_lora_family(state, metadata, str(path))
     except LorakitError:
@@ -94,10 +104,23 @@ def inspect_lora(path: str | Path) -> LoRASummary:
         state = diffusers_to_kohya(state, family, metadata, str(path))
     dims = module_dims(state, str(path))
     convs = _conv_names(dims, family)
+    groups = {name: module_group(name, d.is_conv or name in convs) for name, d in dims.items()}
+    return _summary(path, family.value if family else None, kohya, state, metadata, dims, groups)
+
+
+def _summary(
+    path: Path,
+    family: str | None,
+    kohya: bool,
+    state: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    dims: dict[str, ModuleDims],
+    group_of: dict[str, str],
+) -> LoRASummary:
+    """The summary of kohya-named `state`, its modules counted by the group `group_of` names."""
     grouped: dict[str, list[tuple[int, float, str]]] = defaultdict(list)
     for name, d in dims.items():
-        group = module_group(name, d.is_conv or name in convs)
-        grouped[group].append((d.rank, d.alpha, LABELS[d.kind]))
+        grouped[group_of[name]].append((d.rank, d.alpha, LABELS[d.kind]))
     groups = [
         GroupSummary(
             g,
@@ -110,7 +133,7 @@ def inspect_lora(path: str | Path) -> LoRASummary:
     ]
     return LoRASummary(
         path=str(path),
-        family=family.value if family else None,
+        family=family,
         format="kohya" if kohya else "diffusers",
         size_bytes=path.stat().st_size,
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}),

@@ -41,7 +41,7 @@ ADAPTER = "lorakit_verify"
 @dataclass
 class VerifyReport:
     path: Path
-    family: ModelFamily
+    family: str  # a ModelFamily, or "flux1" (`network.flux_verify`)
     base: str
     modules: int
     keymap_ignored: list[str] = field(default_factory=list)
@@ -83,7 +83,7 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_libraries() -> Iterator[_Collect]:
+def quiet_libraries() -> Iterator[_Collect]:
     """Collect diffusers' warnings (they name dropped keys); silence transformers' reports."""
     collect = _Collect()
     loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
@@ -124,7 +124,7 @@ def diffusers_ignored(
     index = site_index(all_sites(base))
     names = sorted({split_key(key)[0] for key in state})
     pipe = base.pipeline()
-    with _quiet_libraries() as collect:
+    with quiet_libraries() as collect:
         try:
             pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
             missing = [name for name in names if not _applied(pipe, index.get(name))]
@@ -133,10 +133,10 @@ def diffusers_ignored(
         finally:
             with contextlib.suppress(Exception):
                 pipe.unload_lora_weights()
-    return missing, [line for line in collect.messages if _is_failure(line)]
+    return missing, [line for line in collect.messages if is_failure(line)]
 
 
-def _is_failure(line: str) -> bool:
+def is_failure(line: str) -> bool:
     """diffusers' lines that mean keys were dropped. Its notice that a part (a text encoder
     of a UNet-only LoRA) has no keys says "unexpected" too, but names no dropped key."""
     if line.startswith("No LoRA keys associated to"):
