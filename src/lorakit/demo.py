@@ -240,7 +240,7 @@ def compare(lora_dir: Path, options: DemoOptions) -> None:
         *sampling_args(options),
     )  # fmt: skip
 
-    step("10. pick: the best epoch by validation loss")
+    step("10. pick: the best epoch by fidelity and bleed, measured with the run's own model")
     run_command("pick", lora_dir)
 
 

@@ -26,7 +26,7 @@ from lorakit.inference.generate import (
 )
 from lorakit.inference.layout import Axes, compose_block, stack_blocks
 from lorakit.inference.metadata import GenerationInfo, save_png
-from lorakit.inference.run import epoch_files
+from lorakit.inference.run import chosen_epoch, epoch_files
 from lorakit.inference.samplers import canonical_sampler_name
 from lorakit.models import BaseModel
 from lorakit.network.lora import LoRANetwork
@@ -65,7 +65,8 @@ class GridSpec:
 def epoch_columns(
     run_dir: Path, summary: dict[str, Any], only: Sequence[int] | None = None
 ) -> list[GridColumn]:
-    """A run's saved epochs as columns labelled by epoch number, the best one flagged."""
+    """A run's saved epochs as columns labelled by epoch number, the best one flagged
+    (pick's choice once it ran, else the lowest loss)."""
     files = epoch_files(run_dir, summary)
     missing = sorted(set(only or ()) - {item.epoch for item in files})
     if missing:
@@ -75,8 +76,19 @@ def epoch_columns(
         )
     if only:
         files = [item for item in files if item.epoch in set(only)]
-    best = summary.get("best_epoch")
-    return [GridColumn(str(item.epoch), item.path, item.epoch == best) for item in files]
+    best = chosen_epoch(summary)
+    signals = {s["epoch"]: s for s in (summary.get("pick") or {}).get("signals") or []}
+    return [
+        GridColumn(epoch_label(item.epoch, signals.get(item.epoch)), item.path, item.epoch == best)
+        for item in files
+    ]
+
+
+def epoch_label(epoch: int, signals: dict[str, float] | None) -> str:
+    """The epoch number, with pick's fidelity and bleed (F, B) when it measured them."""
+    if not signals:
+        return str(epoch)
+    return f"{epoch} F{signals['fidelity']:.2f} B{signals['bleed']:.2f}"
 
 
 def file_columns(paths: Sequence[Path]) -> tuple[list[GridColumn], str]:

@@ -1,10 +1,16 @@
-"""Choosing the epoch: lowest validation loss plus the over/undertraining signs of the guides.
+"""Choosing the epoch: what the run's own model says of each epoch, plus the guides' signs.
 
-The guides read three signals by eye: loss that "drops then rises" (overfitting: use the
-earlier checkpoint), loss still falling at the end (undertrained: train more, or continue
-from the LoRA as network weights), and sample images that stop changing from checkpoint
-to checkpoint. `pick` computes all three from the run folder and stores them in
-summary.json under "pick", leaving every other key as the trainer wrote it.
+The lowest validation loss is a weak guide (on the tiny world it rose every epoch while
+the LoRA got better), so `pick` measures every saved epoch with the base model and the
+LoRA (`lorakit.inference.signals`: fidelity and bleed) and `choose` takes the earliest
+epoch near the best fidelity among those that do not bleed. The lowest loss
+decides only when the signals cannot be measured (no trigger, no config, `--no-signals`).
+
+The guides read three more signs by eye, reported as advice: loss that "drops then rises"
+(overfitting), loss still falling at the end (undertrained: train more, or continue from
+the LoRA as network weights), and sample images that stop changing from checkpoint to
+checkpoint. Everything is stored in summary.json under "pick", leaving every other key as
+the trainer wrote it.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from typing import Any
 import numpy as np
 
 from lorakit.dataset.images import load_rgb
-from lorakit.inference.run import SampleImage, load_summary, sample_images
+from lorakit.errors import LorakitError
+from lorakit.inference.run import SampleImage, epoch_files, load_summary, sample_images
+from lorakit.inference.signals import SignalRun, measure_epochs
 from lorakit.training.checkpoint import best_epoch, write_summary
 
 RISE = 0.02  # relative rise of validation loss above its minimum that counts as overfitting
 STILL_FALLING = 0.01  # relative drop over the last epoch that counts as "still improving"
 METRIC_NAMES = {"val_loss": "validation loss", "train_loss": "training loss"}
+MAX_BLEED = 0.65  # bleed above which prompts without the trigger draw the subject too
+NEAR_FIDELITY = 0.95  # share of the best clean fidelity that counts as just as good
 STILL_SAMPLES = 2.0  # mean abs pixel difference (0-255) below which samples "stop changing"
 
 
@@ -33,6 +43,42 @@ class SampleChange:
     from_epoch: int
     to_epoch: int
     diff: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The rule's epoch, the signal that decided it, and the line that says why."""
+
+    epoch: int
+    decided_by: str
+    reason: str
+
+
+def choose(signals: list[dict[str, float]]) -> Choice | None:
+    """The rule: drop the epochs whose bleed exceeds MAX_BLEED; of the rest, take the
+    earliest whose fidelity reaches NEAR_FIDELITY of the best (later epochs add little
+    and bleed more). When every epoch bleeds, the one that bleeds least."""
+    if not signals:
+        return None
+    clean = [s for s in signals if s["bleed"] <= MAX_BLEED]
+    if not clean:
+        least = min(signals, key=lambda s: s["bleed"])
+        return Choice(
+            least["epoch"],
+            "bleed",
+            f"best epoch {least['epoch']}: every epoch bleeds (prompts without the trigger "
+            f"changed more than {MAX_BLEED:g} as much as with it); this one least "
+            f"({least['bleed']:.2f}): consider fewer repeats, a lower learning rate or "
+            "regularization images",
+        )
+    top = max(s["fidelity"] for s in clean)
+    chosen = next(s for s in clean if s["fidelity"] >= top - (1 - NEAR_FIDELITY) * abs(top))
+    return Choice(
+        chosen["epoch"],
+        "fidelity",
+        f"best epoch {chosen['epoch']}: fidelity {chosen['fidelity']:.2f} (best clean "
+        f"epoch {top:.2f}), bleed {chosen['bleed']:.2f} ≤ {MAX_BLEED:g}",
+    )
 
 
 @dataclass
@@ -47,6 +93,13 @@ class PickReport:
     samples_still_from: int | None = None
     sample_changes: list[SampleChange] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    loss_epoch: int | None = None  # the lowest-loss epoch, whatever decided best_epoch
+    decided_by: str = "validation loss"
+    signals: list[dict[str, float]] = field(default_factory=list)  # per epoch, see signals.py
+    signal_source: str | None = None
+    signal_seconds: float | None = None  # measuring time per epoch
+    signal_setup_seconds: float | None = None  # loading the model and the probe, once
+    max_bleed: float | None = None  # the rule's bleed limit, when the signals decided
 
 
 def _metric(epochs: list[dict[str, Any]]) -> str:
@@ -148,7 +201,7 @@ def analyse(
         summary = load_summary(run_dir)
     epochs = sorted(summary["epochs"], key=lambda e: e["epoch"])
     best = best_epoch(epochs)
-    report = PickReport(best, _entry(epochs, best).get("file"), _metric(epochs))
+    report = PickReport(best, _entry(epochs, best).get("file"), _metric(epochs), loss_epoch=best)
     if best is not None:
         value = _entry(epochs, best)[report.metric]
         report.advice.append(
@@ -172,10 +225,41 @@ def analyse(
     return report
 
 
-def pick(run_dir: Path, still_threshold: float = STILL_SAMPLES) -> PickReport:
-    """Analyse the run and store the report in its summary.json under "pick" (atomic)."""
+def apply_signals(report: PickReport, measured: SignalRun, epochs: list[dict[str, Any]]) -> None:
+    """Store the measured signals in `report` and let the rule choose its best epoch."""
+    report.signals = [{"epoch": epoch, **figures} for epoch, figures in measured.per_epoch.items()]
+    report.signal_source = measured.source
+    report.signal_seconds = round(measured.seconds_per_epoch, 3)
+    report.signal_setup_seconds = round(measured.setup_seconds, 3)
+    report.max_bleed = MAX_BLEED
+    choice = choose(report.signals)
+    if choice is None:
+        return
+    report.best_epoch, report.decided_by = choice.epoch, choice.decided_by
+    report.best_file = _entry(epochs, choice.epoch).get("file")
+    # The loss's line stays as information, no longer as the verdict.
+    loss_line = [line.replace("best epoch", "lowest-loss epoch", 1) for line in report.advice[:1]]
+    report.advice = [choice.reason, *loss_line, *report.advice[1:]]
+
+
+def pick(
+    run_dir: Path,
+    still_threshold: float = STILL_SAMPLES,
+    signals: bool = True,
+    device: str | None = None,
+) -> PickReport:
+    """Analyse the run, measure the signals of every saved epoch (unless `signals` is off)
+    and store the report in its summary.json under "pick" (atomic)."""
     summary = load_summary(run_dir)
     report = analyse(run_dir, still_threshold, summary)
+    files = [(item.epoch, item.path) for item in epoch_files(run_dir, summary)]
+    if signals and files:
+        try:
+            measured = measure_epochs(run_dir, summary, files, device)
+        except LorakitError as exc:  # a run without trigger or config: the loss still picks
+            report.advice.append(f"signals not measured, so the loss chose: {exc}")
+        else:
+            apply_signals(report, measured, sorted(summary["epochs"], key=lambda e: e["epoch"]))
     summary["pick"] = asdict(report)
     write_summary(run_dir, summary)
     return report

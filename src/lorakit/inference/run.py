@@ -49,6 +49,12 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def chosen_epoch(summary: dict[str, Any]) -> int | None:
+    """`lorakit pick`'s epoch once it ran, else the trainer's lowest-loss epoch."""
+    chosen = summary.get("pick") or {}
+    return chosen["best_epoch"] if "best_epoch" in chosen else summary.get("best_epoch")
+
+
 def epoch_files(run_dir: Path, summary: dict[str, Any]) -> list[EpochFile]:
     """Saved epochs whose LoRA file is still on disk, oldest first."""
     found = []

@@ -112,10 +112,11 @@ def render_grid(request: Request, project_id: int, steps: int = Form(20)) -> Res
 
 @router.post("/p/{project_id}/pick", response_class=HTMLResponse)
 def pick_epoch(request: Request, project_id: int) -> HTMLResponse:
-    """`lorakit pick`'s analysis (stored in summary.json), shown in place."""
+    """`lorakit pick`'s analysis (stored in summary.json), shown in place: by the loss, since
+    its signals load the model, which requests leave to worker jobs."""
     ui = ui_of(request)
     project = ui.projects.get(project_id)
-    report = asdict(pick(project.out))
+    report = asdict(pick(project.out, signals=False))
     return ui.fragment(request, "pick.html", project=project, report=report)
 
 
