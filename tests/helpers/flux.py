@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
@@ -30,9 +29,8 @@ from lorakit.models.flux.model import (
     bundled_flux_dir,
     load_flux_tokenizers,
 )
-from lorakit.network.tensorfile import Entry, write_streamed
-from tests.helpers.ldm import _clip_state, _vae_state
-from tests.helpers.tiny import _text_config
+from tests.helpers.ldm import _clip_state, _vae_state, write_random
+from tests.helpers.tiny import _text_config, tiny_vae
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
@@ -52,16 +50,8 @@ def tiny_flux_pipeline(variant: str = "dev", seed: int = 0) -> FluxPipeline:
         guidance_embeds=variant == "dev",
         axes_dims_rope=(2, 2, 4),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16],
-        layers_per_block=1,
-        norm_num_groups=8,
+    vae = tiny_vae(
         latent_channels=16,
-        sample_size=64,
         scaling_factor=0.3611,
         shift_factor=0.1159,
         use_quant_conv=False,
@@ -161,10 +151,4 @@ def write_random_bfl(
     model on the meta device)."""
     with init_empty_weights():
         layout = bfl_transformer_state(FluxTransformer2DModel.from_config(config))
-    entries = [Entry(key, dtype, tuple(value.shape)) for key, value in layout.items()]
-    generator = torch.Generator().manual_seed(seed)
-    tensors = (
-        torch.empty(entry.shape, dtype=dtype).normal_(0.0, 0.02, generator=generator)
-        for entry in entries
-    )
-    return write_streamed(out, entries, tensors)
+    return write_random(out, layout, dtype, seed)

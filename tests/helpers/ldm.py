@@ -8,6 +8,7 @@ each rule maps a diffusers module prefix to its LDM prefix plus renames inside i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -220,6 +221,14 @@ def write_random_ldm(
     what `v1-5-pruned-emaonly` or `sd_xl_base_1.0` would be, values aside.
     """
     layout = base_ldm_state_dict(empty_base_model(ModelFamily(family)))
+    return write_random(out, layout, dtype, seed)
+
+
+def write_random(
+    out: Path, layout: Mapping[str, torch.Tensor], dtype: torch.dtype, seed: int
+) -> Path:
+    """`out` with the keys and shapes of `layout` (meta tensors are fine) and random
+    normal (std 0.02) values, written one tensor at a time."""
     entries = [Entry(key, dtype, tuple(value.shape)) for key, value in layout.items()]
     generator = torch.Generator().manual_seed(seed)
     tensors = (

@@ -45,7 +45,9 @@ def _text_config(hidden: int, projection: int) -> CLIPTextConfig:
     )
 
 
-def tiny_vae() -> AutoencoderKL:
+def tiny_vae(latent_channels: int = 4, scaling_factor: float = 0.18215, **extra) -> AutoencoderKL:
+    """SD's 4-channel VAE by default; FLUX's 16-channel one takes its scale, shift and no
+    quant convs through the arguments."""
     # Four blocks keep the real 8× spatial reduction, so latent sizes match real models.
     return AutoencoderKL(
         in_channels=3,
@@ -55,9 +57,10 @@ def tiny_vae() -> AutoencoderKL:
         block_out_channels=[8, 16, 16, 16],
         layers_per_block=1,
         norm_num_groups=8,
-        latent_channels=4,
+        latent_channels=latent_channels,
         sample_size=64,
-        scaling_factor=0.18215,
+        scaling_factor=scaling_factor,
+        **extra,
     )
 
 
