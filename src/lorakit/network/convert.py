@@ -22,7 +22,7 @@ from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import load_lora_file, module_dims, save_lora_file
 from lorakit.network.flux import is_flux_lora
 from lorakit.network.flux_files import check_flux_file, convert_flux_file
-from lorakit.network.kinds import LABELS
+from lorakit.network.kinds import refuse_lycoris
 from lorakit.network.lora import all_sites, config_from_dims
 from lorakit.network.metadata import adapter_alpha, lora_metadata
 from lorakit.network.naming import UNET_PART, Site, site_index
@@ -63,12 +63,7 @@ def kohya_to_diffusers(
     index = site_index(family_sites(family))
     out: dict[str, torch.Tensor] = {}
     all_dims = module_dims(state, source)
-    kinds = sorted({LABELS[d.kind] for d in all_dims.values() if d.kind != "lora"})
-    if kinds:
-        raise LorakitError(
-            f"{source}: a {'/'.join(kinds)} network (LyCORIS); the diffusers format holds "
-            "LoRA/LoCon only, keep the kohya file"
-        )
+    refuse_lycoris((d.kind for d in all_dims.values()), source)
     for name, dims in all_dims.items():
         site = index.get(name)
         if site is None:

@@ -31,7 +31,7 @@ from lorakit.models.flux.convert import WEIGHT_BIAS, transformer_rules
 from lorakit.models.flux.model import FluxModel
 from lorakit.network.files import module_dims
 from lorakit.network.keymap import CLIP_LAYER_PARTS
-from lorakit.network.kinds import LABELS
+from lorakit.network.kinds import refuse_lycoris
 from lorakit.network.metadata import adapter_alpha
 from lorakit.network.naming import kohya_name, text_sites
 
@@ -132,12 +132,7 @@ def flux_kohya_to_diffusers(
     """diffusers/peft tensors of a kohya FLUX.1 LoRA (alpha folded into lora_B)."""
     by_name = {site.name: site for site in sites}
     dims = module_dims(state, source)
-    kinds = sorted({LABELS[d.kind] for d in dims.values() if d.kind != "lora"})
-    if kinds:
-        raise LorakitError(
-            f"{source}: a {'/'.join(kinds)} network (LyCORIS); the diffusers format holds "
-            "LoRA only, keep the kohya file"
-        )
+    refuse_lycoris((d.kind for d in dims.values()), source)
     out: dict[str, torch.Tensor] = {}
     for name, dim in dims.items():
         site = by_name.get(name)

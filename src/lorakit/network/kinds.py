@@ -19,7 +19,7 @@ Tucker-decomposed conv files (`hada_t1`, `lokr_t2`, `lora_mid`) are refused in o
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import torch
 
@@ -217,3 +217,14 @@ def delta_shape_fits(
             fits = False
     scale = t.get(DORA_SCALE)
     return fits and (scale is None or scale.numel() == out)
+
+
+def refuse_lycoris(kinds: Iterable[str], source: str) -> None:
+    """The diffusers/peft LoRA format holds LoRA (and LoCon) modules only: a file with any
+    other of `kinds` (one per module) is refused rather than converted into another network."""
+    others = sorted({LABELS[kind] for kind in kinds if kind != "lora"})
+    if others:
+        raise LorakitError(
+            f"{source}: a {'/'.join(others)} network (LyCORIS); the diffusers format holds "
+            "LoRA/LoCon only, keep the kohya file"
+        )
