@@ -122,8 +122,8 @@ def overfitting_advice(epochs: list[dict[str, Any]], best: int | None) -> str | 
     return (
         f"overfitting: validation loss rose from {at_best['val_loss']:.4f} (epoch {best}) to "
         f"{last['val_loss']:.4f} (epoch {last['epoch']}) while training loss fell from "
-        f"{at_best['train_loss']:.4f} to {last['train_loss']:.4f}; use epoch {best}, or train "
-        "fewer epochs / lower the learning rate"
+        f"{at_best['train_loss']:.4f} to {last['train_loss']:.4f}; if later epochs look "
+        "overcooked on the grid, train fewer epochs or lower the learning rate"
     )
 
 
