@@ -150,11 +150,15 @@ def report(
     rows: list[dict],
     extra: Mapping[str, object] | None = None,
 ) -> Path:
-    """Print the table with the epochs `lorakit pick` (validation loss) and the scores
-    choose, and write quality.json (with `extra` entries, e.g. the base's own accuracy)."""
+    """Print the table with the epochs `lorakit pick` (or, before it ran, the lowest
+    validation loss) and the scores choose, and write quality.json (with `extra` entries,
+    e.g. the base's own accuracy)."""
     from lorakit.training.checkpoint import read_summary
 
-    best = read_summary(lora_dir).get("best_epoch")
+    summary = read_summary(lora_dir)
+    picked = summary.get("pick") or {}
+    best = picked.get("best_epoch", summary.get("best_epoch"))
+    how = f"lorakit pick, by {picked['decided_by']}" if "decided_by" in picked else "lowest loss"
     scoring = best_scoring(rows)
     table = Table(title=f"{trigger} {subject}: share of images per check, LoRA weight 1")
     for column in ("epoch", "fidelity", "flexibility", "bleed", "base prompts"):
@@ -168,7 +172,7 @@ def report(
         )
         table.add_row(f"{row['epoch']}{mark}", *figures)
     Console().print(table)
-    print("pick: lowest validation loss; best: highest fidelity + flexibility with bleed ≤ 0.1")
+    print(f"pick: {how}; best: highest fidelity + flexibility with bleed ≤ 0.1")
     path = lora_dir / "quality.json"
     document = {
         "subject": subject,
