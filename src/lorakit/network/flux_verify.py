@@ -11,7 +11,6 @@ its agreement with lorakit's conversion at full size is checked in the tests.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1, ModelFamily
-from lorakit.models.checkpoint import brief
 from lorakit.models.flux.model import FluxModel, empty_flux_model
 from lorakit.network.detect import is_kohya_format
 from lorakit.network.files import load_lora_file, split_key
@@ -29,8 +27,7 @@ from lorakit.network.verify import (
     ADAPTER,
     VerifyReport,
     diffusers_unsupported,
-    is_failure,
-    quiet_libraries,
+    load_and_check,
 )
 
 
@@ -53,26 +50,19 @@ def flux_diffusers_ignored(
 ) -> tuple[list[str], list[str]]:
     """(diffusers module keys FluxPipeline.load_lora_weights did not apply, its error and
     warning lines) for a diffusers-layout `state`; the adapter is unloaded afterwards."""
+    targets = sorted({key.rsplit(".lora_", 1)[0] for key in state})
+    return load_and_check(model.pipeline(), state, targets, lambda _, t: _applied(model, t))
+
+
+def _applied(model: FluxModel, target: str) -> bool:
+    """Whether peft wrapped the layer at `target` with the verify adapter."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    targets = sorted({key.rsplit(".lora_", 1)[0] for key in state})
-    pipe = model.pipeline()
-    with quiet_libraries() as collect:
-        try:
-            pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
-            missing = []
-            for target in targets:
-                with contextlib.suppress(AttributeError):
-                    module = flux_module(model, target)
-                    if isinstance(module, BaseTunerLayer) and ADAPTER in module.lora_A:
-                        continue
-                missing.append(target)
-        except Exception as exc:
-            return targets, [f"{type(exc).__name__}: {brief(exc)}"]
-        finally:
-            with contextlib.suppress(Exception):
-                pipe.unload_lora_weights()
-    return missing, [line for line in collect.messages if is_failure(line)]
+    try:
+        module = flux_module(model, target)
+    except AttributeError:
+        return False
+    return isinstance(module, BaseTunerLayer) and ADAPTER in module.lora_A
 
 
 def verify_flux_lora(path: str | Path, base: str | None = None) -> VerifyReport:

@@ -17,9 +17,10 @@ import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.utils import logging as diffusers_logging
@@ -123,11 +124,21 @@ def diffusers_ignored(
     """
     index = site_index(all_sites(base))
     names = sorted({split_key(key)[0] for key in state})
-    pipe = base.pipeline()
+    return load_and_check(
+        base.pipeline(), state, names, lambda pipe, name: _applied(pipe, index.get(name))
+    )
+
+
+def load_and_check(
+    pipe: Any, state: Mapping[str, torch.Tensor], names: list[str], applied: Callable
+) -> tuple[list[str], list[str]]:
+    """Load `state` with the pipeline's own `load_lora_weights` and unload it again:
+    (the `names` for which `applied(pipe, name)` is false, diffusers' failure lines); any
+    exception fails every name with its one-line reason."""
     with quiet_libraries() as collect:
         try:
             pipe.load_lora_weights(dict(state), adapter_name=ADAPTER, low_cpu_mem_usage=True)
-            missing = [name for name in names if not _applied(pipe, index.get(name))]
+            missing = [name for name in names if not applied(pipe, name)]
         except Exception as exc:
             return names, [f"{type(exc).__name__}: {brief(exc)}"]
         finally:
