@@ -26,6 +26,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -158,6 +159,45 @@ def print_table(results: list[dict]) -> None:
     print(f"right picks: old rule {old}/{len(results)}, new rule {new}/{len(results)}")
 
 
+def oracle_ceiling(
+    all_rows: list[list[dict]], samples: int, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """How many runs a pick that knew every epoch's true rates would get judged right, when
+    the truth is itself measured with `samples` images per check: (mean count, share of
+    draws with ≥ 10 right).
+
+    The classifier's figures are shares of a few images, so the truth is noisy (at 24
+    samples a share near 0.7 has a standard error of 0.09, more than NEAR; a bleed near
+    MAX_BLEED is one image either way). Taking each measured share as the true rate, the
+    oracle picks the highest fidelity among epochs whose rate of bleed is ≤ MAX_BLEED (the
+    least bleeding when none is); the truth is redrawn binomially and judged by the same
+    rule as pick. A rule cannot be expected to beat this count; it says how far the table
+    can tell rules apart.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(draws)
+    for rows in all_rows:
+        fidelity = np.array([row["fidelity"] for row in rows])
+        bleed = np.array([row["bleed"] for row in rows])
+        clean = bleed <= MAX_BLEED
+        pick = int(np.argmax(np.where(clean, fidelity, -1))) if clean.any() else bleed.argmin()
+        drawn_f = rng.binomial(samples, fidelity, (draws, len(rows))) / samples
+        drawn_b = rng.binomial(samples, bleed, (draws, len(rows))) / samples
+        drawn_clean = drawn_b <= MAX_BLEED
+        best = np.where(drawn_clean, drawn_f, -1).max(axis=1)
+        counts += drawn_clean[:, pick] & (drawn_f[:, pick] >= best - NEAR - 1e-9)
+    return float(counts.mean()), float((counts >= 10).mean())
+
+
+def ceiling_line(all_rows: list[list[dict]], samples: int) -> str:
+    line = "noise ceiling (a pick that knew the true rates, judged on a redrawn truth): "
+    parts = []
+    for n in (samples, 4 * samples):
+        mean, ten = oracle_ceiling(all_rows, n)
+        parts.append(f"{mean:.1f}/{len(all_rows)} right at {n} samples (P(≥10) {ten:.2f})")
+    return line + "; ".join(parts)
+
+
 def cost_line(results: list[dict]) -> str:
     """The signals' cost per epoch against an epoch of training, over all timed runs."""
     timed = [r for r in results if r["train_seconds"] and r["signal_seconds"] is not None]
@@ -213,16 +253,25 @@ def main() -> int:
     torch.set_num_threads(1)
     extra = tomllib.loads(args.config.read_text(encoding="utf-8")) if args.config else {}
     judged = load_judged_base()
-    results = []
+    results, all_rows = [], []
     for subject in args.subjects:
         for seed in args.seeds:
             out = args.out / f"{subject}-s{seed}"
             rows = scored_rows(out, subject, args.trigger, seed, args, extra, judged)
+            all_rows.append(rows)
             results.append({"subject": subject, "seed": seed, **judge_run(out, rows)})
     print_table(results)
+    ceiling = ceiling_line(all_rows, args.samples)
     cost = cost_line(results)
+    print(ceiling)
     print(cost)
-    document = {"runs": results, "cost": cost, "max_bleed": MAX_BLEED, "near": NEAR}
+    document = {
+        "runs": results,
+        "ceiling": ceiling,
+        "cost": cost,
+        "max_bleed": MAX_BLEED,
+        "near": NEAR,
+    }
     if args.base_accuracy:
         document["base_held_out_accuracy"] = base_figures(judged)
     path = args.out / "summary.json"

@@ -1,5 +1,5 @@
 """The whole job in a real headless Chromium: photos → lint → exclude → caption → train →
-kill the worker → resume → grid → pick → generate, against a real `lorakit ui` server."""
+kill the worker → resume → grid → pick (a job) → generate, against a real `lorakit ui` server."""
 
 from __future__ import annotations
 
@@ -169,7 +169,12 @@ def results(b: Browser) -> None:
     open_stage(page, "4 Results")
     page.locator("#grid-image").wait_for()
     page.get_by_role("button", name="Pick the best epoch").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    wait_state(page, "done", 120)
+    open_stage(page, "4 Results")
     page.locator("#best-epoch").wait_for()
+    assert page.locator("#decided-by").inner_text() in ("fidelity", "bleed")
+    assert page.locator("#pick-signals tr").count() == 1 + 2  # header + one row per epoch
     b.shot("8-results")
 
 

@@ -11,7 +11,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "pick",
         help="pick the best epoch of a training run",
-        description="Measure every saved epoch's fidelity, bleed and flexibility with the "
+        description="Measure every saved epoch's fidelity and bleed with the "
         "run's own model and choose the epoch by them (the lowest validation loss when they "
         "cannot be measured); check for overfitting, undertraining and samples that stop "
         "changing; store the result in summary.json under 'pick' and draw loss.png.",

@@ -1,15 +1,14 @@
 """Results page: the loss chart, epoch files, the epoch × weight grid, pick and verify.
 
-The grid and `lora verify` load models, so they are worker jobs running the CLI commands
-(`lorakit grid`, `lorakit lora verify --json`); the grid image stays on disk and is shown
-again until a newer epoch file makes it stale. `pick` only reads the run folder and runs
-in the request, through `lorakit.inference.pick` as `lorakit pick` does.
+The grid, `pick` and `lora verify` load models, so they are worker jobs running the CLI
+commands (`lorakit grid`, `lorakit pick`, `lorakit lora verify --json`); the grid image
+stays on disk and is shown again until a newer epoch file makes it stale, and pick's
+choice, with the signals that decided it, is read back from summary.json.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from lorakit.errors import LorakitError
-from lorakit.inference.pick import pick
 from lorakit.inference.run import load_summary
 from lorakit.training.checkpoint import read_summary
 from lorakit.ui.app import UI, redirect, ui_of
@@ -85,6 +83,7 @@ def results_page(request: Request, project_id: int) -> HTMLResponse:
         grid=grid_is_current(project),
         grid_job=ui.jobs.latest(project.id, "grid"),
         report=summary.get("pick"),
+        pick_job=ui.jobs.latest(project.id, "pick"),
         verify_job=verify_job,
         verify=verify_result(ui, verify_job),
     )
@@ -110,14 +109,15 @@ def render_grid(request: Request, project_id: int, steps: int = Form(20)) -> Res
     return redirect(f"/jobs/{job.id}")
 
 
-@router.post("/p/{project_id}/pick", response_class=HTMLResponse)
-def pick_epoch(request: Request, project_id: int) -> HTMLResponse:
-    """`lorakit pick`'s analysis (stored in summary.json), shown in place: by the loss, since
-    its signals load the model, which requests leave to worker jobs."""
+@router.post("/p/{project_id}/pick")
+def pick_epoch(request: Request, project_id: int) -> Response:
+    """`lorakit pick` as a job: it measures every epoch's signals with the base model, and
+    stores its choice in summary.json, where the results page reads it."""
     ui = ui_of(request)
     project = ui.projects.get(project_id)
-    report = asdict(pick(project.out, signals=False))
-    return ui.fragment(request, "pick.html", project=project, report=report)
+    load_summary(project.out)
+    job = ui.jobs.submit(project.id, "pick", ["pick", str(project.out)], {"cwd": str(project.work)})
+    return redirect(f"/jobs/{job.id}")
 
 
 @router.post("/p/{project_id}/verify")
