@@ -63,11 +63,11 @@ def train(out: Path, subject: str, trigger: str, seed: int, args, extra: dict) -
     write_concept_images(photos, subject, trigger, count=args.images, seed=seed)
     if args.reg:
         write_regularization_images(reg_dir, count=args.reg, seed=seed)
-        extra = merge({"dataset": {"reg_path": str(reg_dir)}}, extra)
     if lorakit(["dataset", "prep", str(photos), str(run), "--trigger", trigger,
                 "--class", subject]) != 0:  # fmt: skip
         raise LorakitError(f"{photos}: dataset prep failed")
-    settings = concept_settings(run, lora_dir, subject, trigger)
+    reg = reg_dir if args.reg else None
+    settings = concept_settings(run, lora_dir, subject, trigger, reg=reg)
     settings = merge(merge(settings, {"training": {"seed": seed}}), extra)
     config = out / "train.toml"
     save_config(config_from_dict(settings, "bench config"), config)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,32 @@ def split_key(key: str) -> tuple[str, str]:
     """`lora_unet_x.lora_down.weight` → ("lora_unet_x", ".lora_down.weight")."""
     name, dot, rest = key.partition(".")
     return name, dot + rest
+
+
+def group_by_module(
+    state: Mapping[str, torch.Tensor], module_of: Callable[[str, str], str | None]
+) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """The tensors of `state` by module and suffix, and the keys no module takes:
+    `module_of(name, suffix)` names the module a key belongs to (None: not this network's)."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    unexpected = []
+    for key, value in state.items():
+        name, suffix = split_key(key)
+        module = module_of(name, suffix)
+        if module is None:
+            unexpected.append(key)
+        else:
+            grouped.setdefault(module, {})[suffix] = value
+    return grouped, unexpected
+
+
+def refuse_unmatched(what: str, unexpected: list[str], missing: list[str], fix: str) -> None:
+    """One line when a file's modules and a network's differ (strict loading)."""
+    if unexpected or missing:
+        raise LorakitError(
+            f"{what}: {len(unexpected)} unexpected and {len(missing)} missing modules "
+            f"(e.g. {(unexpected or missing)[0]}); {fix}"
+        )
 
 
 def load_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

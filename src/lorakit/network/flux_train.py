@@ -24,11 +24,18 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.models.flux.model import FluxModel
-from lorakit.network.files import module_dims, parse_dtype, save_lora_file, split_key
+from lorakit.network.files import (
+    group_by_module,
+    module_dims,
+    parse_dtype,
+    refuse_unmatched,
+    save_lora_file,
+)
 from lorakit.network.flux import CLIP_PREFIX, FluxSite, flux_module, flux_sites
 from lorakit.network.flux_files import flux_lora_metadata
 from lorakit.network.kinds import refuse_lycoris
 from lorakit.network.lora import config_from_dims
+from lorakit.network.modules import load_module_tensors
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 # sd-scripts' `ss_network_module` for a FLUX.1 LoRA.
@@ -205,36 +212,21 @@ class FluxLoRANetwork(nn.Module):
         """Copy kohya tensors in; alpha from the file sets each scale. Strict: every module
         present and nothing else; shapes must fit in any case."""
         modules = self.modules_by_name
-        grouped: dict[str, dict[str, torch.Tensor]] = {}
-        unexpected = []
-        for key, value in state.items():
-            name, suffix = split_key(key)
-            if name in modules and suffix in (_DOWN, _UP, _ALPHA):
-                grouped.setdefault(name, {})[suffix] = value
-            else:
-                unexpected.append(key)
+
+        def module_of(name: str, suffix: str) -> str | None:
+            return name if name in modules and suffix in (_DOWN, _UP, _ALPHA) else None
+
+        grouped, unexpected = group_by_module(state, module_of)
         missing = [n for n in modules if _DOWN not in grouped.get(n, {})]
-        if strict and (unexpected or missing):
-            example = (unexpected or missing)[0]
-            raise LorakitError(
-                f"{source}: {len(unexpected)} unexpected and {len(missing)} missing modules "
-                f"(e.g. {example}); use a FLUX.1 LoRA made for this model"
-            )
+        if strict:
+            refuse_unmatched(source, unexpected, missing, "use a FLUX.1 LoRA made for this model")
         for name, tensors in grouped.items():
             lora = modules[name]
-            for suffix, param in ((_DOWN, lora.lora_down.weight), (_UP, lora.lora_up.weight)):
-                value = tensors.get(suffix)
-                if value is None:
-                    raise LorakitError(f"{source}: {name}{suffix} missing; the file is incomplete")
-                if value.shape != param.shape:
-                    raise LorakitError(
-                        f"{source}: {name}{suffix} is {tuple(value.shape)}, the layer needs "
-                        f"{tuple(param.shape)}; the file was made for another model"
-                    )
-                with torch.no_grad():
-                    param.copy_(value)
-            if _ALPHA in tensors:
-                lora.alpha_value = float(tensors[_ALPHA].float().reshape(-1)[0])
+            targets = {_DOWN: lora.lora_down.weight, _UP: lora.lora_up.weight}
+            try:
+                load_module_tensors(lora, targets, tensors)
+            except LorakitError as exc:
+                raise LorakitError(f"{source}: {exc}") from None
 
     def metadata(self, **training: object) -> dict[str, str]:
         """sd-scripts' and modelspec metadata for this network (see `flux_lora_metadata`)."""

@@ -24,8 +24,10 @@ from lorakit.network.adapters import adapter_from_tensors, new_adapter
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import (
     ModuleDims,
+    group_by_module,
     load_lora_file,
     parse_dtype,
+    refuse_unmatched,
     save_lora_file,
     split_key,
 )
@@ -206,21 +208,19 @@ class LoRANetwork(nn.Module):
         """
         index = site_index(self._sites)
         modules = {module.name: module for module in self.loras}
-        grouped: dict[str, dict[str, torch.Tensor]] = {}
-        unexpected = []
-        for key, value in state.items():
-            name, suffix = split_key(key)
+
+        def module_of(name: str, suffix: str) -> str | None:
             site = index.get(name)
-            if site is None or suffix not in ALL_SUFFIXES:
-                unexpected.append(key)
-                continue
-            grouped.setdefault(site.name, {})[suffix] = value
+            return site.name if site is not None and suffix in ALL_SUFFIXES else None
+
+        grouped, unexpected = group_by_module(state, module_of)
         missing = [name for name in modules if name not in grouped]
-        if strict and (unexpected or missing):
-            example = (unexpected or missing)[0]
-            raise LorakitError(
-                f"LoRA weights do not match the network: {len(unexpected)} unexpected and "
-                f"{len(missing)} missing modules (e.g. {example}); use a file made for this base"
+        if strict:
+            refuse_unmatched(
+                "LoRA weights do not match the network",
+                unexpected,
+                missing,
+                "use a file made for this base",
             )
         for name, tensors in grouped.items():
             module = modules[name]

@@ -32,6 +32,29 @@ def innermost(module: nn.Module) -> nn.Module:
     return module
 
 
+def load_module_tensors(
+    module: nn.Module, targets: Mapping[str, nn.Parameter], tensors: Mapping[str, torch.Tensor]
+) -> None:
+    """Copy one module's file tensors (by kohya suffix) into `targets` and take the file's
+    alpha; a missing or misshapen tensor is a one-line error naming the module. 2-D
+    weights fit 1×1 convs, as kohya files store them either way."""
+    for suffix, target in targets.items():
+        value = tensors.get(suffix)
+        if value is None:
+            raise LorakitError(f"{module.name}: `{suffix}` missing; the file is incomplete")
+        if value.numel() == target.numel() and value.dim() != target.dim():
+            value = value.reshape(target.shape)
+        if value.shape != target.shape:
+            raise LorakitError(
+                f"{module.name}{suffix}: shape {tuple(value.shape)} does not fit "
+                f"{tuple(target.shape)}; the file was made for another base model"
+            )
+        with torch.no_grad():
+            target.copy_(value)
+    if ALPHA in tensors:
+        module.alpha_value = float(tensors[ALPHA].float().reshape(-1)[0])
+
+
 class AdapterModule(nn.Module):
     """What every adapter type shares; subclasses add their factors and `delta_weight`.
 
@@ -136,21 +159,7 @@ class AdapterModule(nn.Module):
 
     def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Copy a file's tensors in (2-D weights fit 1×1 convs); one-line errors."""
-        for suffix, target in self.tensors_by_suffix().items():
-            value = tensors.get(suffix)
-            if value is None:
-                raise LorakitError(f"{self.name}: `{suffix}` missing; the file is incomplete")
-            if value.numel() == target.numel() and value.dim() != target.dim():
-                value = value.reshape(target.shape)
-            if value.shape != target.shape:
-                raise LorakitError(
-                    f"{self.name}{suffix}: shape {tuple(value.shape)} does not fit "
-                    f"{tuple(target.shape)}; the file was made for another base model"
-                )
-            with torch.no_grad():
-                target.copy_(value)
-        if ALPHA in tensors:
-            self.alpha_value = float(tensors[ALPHA].float().reshape(-1)[0])
+        load_module_tensors(self, self.tensors_by_suffix(), tensors)
 
     def extra_repr(self) -> str:
         return f"name={self.name}, {self.kind}, rank={self.rank}, alpha={self.alpha_value:g}"
