@@ -81,13 +81,14 @@ def text_encoder_config(folder: Path, subfolder: str) -> CLIPTextConfig:
     return CLIPTextConfig.from_pretrained(folder / subfolder, local_files_only=True)
 
 
-def empty_base_model(family: ModelFamily) -> BaseModel:
-    """The full-size `family` architecture on the meta device, from the bundled configs.
+def empty_base_model(family: ModelFamily, folder: Path | None = None) -> BaseModel:
+    """The full-size `family` architecture on the meta device, from the bundled configs
+    (or those of `folder`, a diffusers-layout folder of that family).
 
     No memory is allocated for weights, so the real SD1.5/SDXL module trees can be walked
     (parameter counts, LoRA module names) on any machine. Tokenizers are real.
     """
-    folder = bundled_config_dir(family)
+    folder = folder or bundled_config_dir(family)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))

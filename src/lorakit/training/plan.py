@@ -19,6 +19,7 @@ from lorakit.threads import ThreadChoice
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import BucketBatchSampler, Items, build_items
 from lorakit.training.runtime import cpu_threads, effective_precision, precision_text
+from lorakit.training.vram import estimate
 
 
 def _check_text_encoder_rates(config: TrainConfig, family: str) -> None:
@@ -210,8 +211,8 @@ def settings(
 
 
 def dry_run(config: TrainConfig) -> list[str]:
-    """The settings and plan for `config`, reading only the model's header or configs,
-    folder listings and image headers."""
+    """The settings, plan and GPU memory estimate for `config`, reading only the model's
+    header or configs, folder listings and image headers."""
     family, family_origin = checked_family(config)
     origins = {
         "family": family_origin,
@@ -225,4 +226,4 @@ def dry_run(config: TrainConfig) -> list[str]:
     config = config.with_warmup_steps(plan.total_steps)
     precision = precision_text(config, effective_precision(config)[0])
     rows = settings(config, plan, precision, cpu_threads(config, None), origins)
-    return [f"{key}: {value}" for key, value in rows]
+    return [f"{key}: {value}" for key, value in rows] + estimate(config, family).lines()

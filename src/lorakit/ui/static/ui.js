@@ -8,6 +8,9 @@ htmx.config.responseHandling = [
   { code: "[45]..", swap: false, error: true },
 ];
 
+// Epochs and steps are whole numbers: the x axis ticks only at integers.
+const WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000];
+
 function lossChart(el, series, labels) {
   // series: [x[], y1[], y2[]...]; returns the uPlot instance (setData to update).
   const colours = ["#8aa4ff", "#ff9f43", "#2ecc71"];
@@ -15,7 +18,7 @@ function lossChart(el, series, labels) {
     width: Math.max(320, el.clientWidth || 640),
     height: 220,
     scales: { x: { time: false } },
-    axes: [{ label: labels[0] }, { label: "loss" }],
+    axes: [{ label: labels[0], incrs: WHOLE_STEPS }, { label: "loss" }],
     series: [{ label: labels[0] }].concat(
       labels.slice(1).map((label, i) => ({ label, stroke: colours[i], width: 1.5, spanGaps: true }))
     ),
