@@ -15,7 +15,7 @@ from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpo
 from safetensors.torch import load_file, save_file
 
 from lorakit.errors import LorakitError
-from lorakit.models import detect_family, load_base_model
+from lorakit.models import ModelFamily, detect_family, load_base_model
 from lorakit.models.flux.convert import bfl_to_diffusers, transformer_rules
 from lorakit.models.flux.detect import detect_flux, folder_variant
 from lorakit.models.flux.keys import T5_PREFIX, flux_layout
@@ -29,6 +29,7 @@ from lorakit.models.flux.model import (
 from lorakit.models.tensors import read_index
 from tests.helpers.flux import (
     TRANSFORMER_PREFIX,
+    load_written_files,
     tiny_flux_pipeline,
     write_all_in_one,
     write_flux_files,
@@ -98,13 +99,13 @@ def test_layouts_are_told_from_keys(flux: dict[str, Path]) -> None:
     assert flux_layout(read_index(flux["t5xxl"])) is None
 
 
-def test_flux_given_where_sd_is_expected_is_one_line(flux: dict[str, Path]) -> None:
+def test_flux_is_detected_and_refused_where_sd_is_expected(flux: dict[str, Path]) -> None:
+    """detect_family tells FLUX1 (training routes on it); the SD loader refuses it."""
     for path in (flux["transformer"], flux["all_in_one"], flux["folder"]):
-        with pytest.raises(LorakitError, match=r"FLUX\.1.*not SD1\.5/SDXL") as caught:
-            detect_family(path)
-        assert "\n" not in str(caught.value)
-    with pytest.raises(LorakitError, match=r"FLUX\.1 dev checkpoint"):
-        load_base_model(flux["all_in_one"])
+        assert detect_family(path) is ModelFamily.FLUX1
+        with pytest.raises(LorakitError, match=r"FLUX\.1.*not supported yet") as caught:
+            load_base_model(path)
+        assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
 def test_sd_file_given_as_flux_is_one_line(tiny_sd15_dir: Path, tmp_path: Path) -> None:
@@ -144,14 +145,7 @@ def test_single_files_match_the_folder_weights_and_image(
 ) -> None:
     reference = DiffusionPipeline.from_pretrained(flux["folder"], local_files_only=True)
     if source == "files":
-        model = load_flux_model(
-            flux["transformer"],
-            dtype=torch.float32,
-            clip_l=flux["clip_l"],
-            t5xxl=flux["t5xxl"],
-            ae=flux["ae"],
-            config=flux["folder"],
-        )
+        model = load_written_files(flux)
     else:
         model = load_flux_model(flux["all_in_one"], dtype=torch.float32, config=flux["folder"])
     assert (model.variant, model.max_sequence_length) == ("dev", 512)

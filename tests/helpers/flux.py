@@ -152,3 +152,18 @@ def write_random_bfl(
     with init_empty_weights():
         layout = bfl_transformer_state(FluxTransformer2DModel.from_config(config))
     return write_random(out, layout, dtype, seed)
+
+
+def load_written_files(files: dict[str, Path]) -> FluxModel:
+    """The model `write_flux_files` wrote (BFL transformer + encoder files), in fp32, with
+    the tiny architecture of `files["folder"]`."""
+    from lorakit.models.flux.loader import load_flux_model
+
+    return load_flux_model(
+        files["transformer"],
+        dtype=torch.float32,
+        clip_l=files["clip_l"],
+        t5xxl=files["t5xxl"],
+        ae=files["ae"],
+        config=files["folder"],
+    )

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from lorakit.families import FLUX1, ModelFamily
+from lorakit.families import FLUX1, SD_FAMILIES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from lorakit.network.svd import ModuleFit
     from lorakit.network.verify import VerifyReport
 
-FAMILIES = [family.value for family in ModelFamily]
+FAMILIES = [family.value for family in SD_FAMILIES]
 DTYPES = ["fp16", "bf16", "fp32"]
 DYNAMIC = ["sv_ratio", "sv_fro", "sv_cumulative"]
 _SHOWN_TAGS = 20

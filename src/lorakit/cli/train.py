@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     config, lines, prompt_text = _resolved(args)
     require_paths(config)
     if args.dry_run:
-        from lorakit.training.plan import dry_run
+        from lorakit.training.target import dry_run
 
         for line in [*lines, *dry_run(config)]:
             print(line)

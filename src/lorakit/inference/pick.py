@@ -24,6 +24,7 @@ import numpy as np
 
 from lorakit.dataset.images import load_rgb
 from lorakit.errors import LorakitError
+from lorakit.families import FLUX1
 from lorakit.inference.run import SampleImage, epoch_files, load_summary, sample_images
 from lorakit.inference.signals import SignalRun, measure_epochs
 from lorakit.training.checkpoint import best_epoch, write_summary
@@ -242,6 +243,12 @@ def apply_signals(report: PickReport, measured: SignalRun, epochs: list[dict[str
     report.advice = [choice.reason, *loss_line, *report.advice[1:]]
 
 
+def _refuse_flux(summary: dict[str, Any]) -> None:
+    """Signals render with the SD pipeline; a FLUX.1 run is picked by its loss for now."""
+    if summary.get("family") == FLUX1.value:
+        raise LorakitError("FLUX.1 signals are not supported yet (no FLUX generation)")
+
+
 def pick(
     run_dir: Path,
     still_threshold: float = STILL_SAMPLES,
@@ -255,6 +262,7 @@ def pick(
     files = [(item.epoch, item.path) for item in epoch_files(run_dir, summary)]
     if signals and files:
         try:
+            _refuse_flux(summary)
             measured = measure_epochs(run_dir, summary, files, device)
         except LorakitError as exc:  # a run without trigger or config: the loss still picks
             report.advice.append(f"signals not measured, so the loss chose: {exc}")

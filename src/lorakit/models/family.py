@@ -80,6 +80,14 @@ def _refuse_other_models(keys: list[str], path: Path) -> None:
         )
 
 
+def refuse_flux(path: Path, what: str) -> None:
+    """FLUX.1 where only an SD1.5/SDXL `BaseModel` will do (generation, grids, merges)."""
+    raise LorakitError(
+        f"{path}: {what}; FLUX.1 is supported by `lorakit train` and the LoRA file commands "
+        "only so far (FLUX generation, grids and merges are not supported yet)"
+    )
+
+
 def refuse_variant(family: ModelFamily, channels: int, source: Path) -> None:
     """A UNet that takes more than the 4 latent channels is an inpainting or editing model."""
     if channels == TEXT_TO_IMAGE_CHANNELS:
@@ -98,10 +106,7 @@ def family_from_keys(tensors: Mapping[str, Shaped], path: Path) -> ModelFamily:
     keys = list(tensors)
     flux = flux_layout(tensors)
     if flux is not None:
-        raise LorakitError(
-            f"{path}: a {flux.name} checkpoint ({flux.transformer}double_blocks.* transformer), "
-            f"not SD1.5/SDXL; {SUPPORTED}"
-        )
+        refuse_flux(path, f"a {flux.name} checkpoint ({flux.transformer}double_blocks.*)")
     _refuse_other_models(keys, path)
     if not (_has(keys, UNET_PREFIX) and _has(keys, VAE_PREFIX)):
         raise LorakitError(
@@ -133,7 +138,10 @@ def family_from_folder(folder: Path) -> ModelFamily:
     index = read_json(folder / "model_index.json")
     pipeline = str(index.get("_class_name", ""))
     if pipeline.startswith("Flux"):
-        raise LorakitError(f"{folder}: a FLUX.1 model ({pipeline}), not SD1.5/SDXL; {SUPPORTED}")
+        from lorakit.models.flux.detect import folder_variant  # it imports this module
+
+        folder_variant(folder)  # Fill, Depth and other FLUX tools: one line
+        return ModelFamily.FLUX1
     unet = read_json(folder / "unet" / "config.json")
     if index.get(TINY_MARKER) == ModelFamily.TINY.value:
         return ModelFamily.TINY
@@ -179,7 +187,10 @@ def parse_family(name: str | ModelFamily, source: Path) -> ModelFamily:
 
 
 def detect_family(path: str | Path) -> ModelFamily:
-    """The family of a diffusers folder or a single-file checkpoint; LorakitError if none."""
+    """The family of a diffusers folder or a single-file checkpoint; LorakitError if none.
+
+    A FLUX.1 file is FLUX1 (its image-conditioned tools are refused); loaders that take
+    SD1.5/SDXL only refuse FLUX1 themselves (`refuse_flux`)."""
     path = Path(path)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -188,4 +199,10 @@ def detect_family(path: str | Path) -> ModelFamily:
                 "or a .safetensors checkpoint"
             )
         return family_from_folder(path)
-    return family_from_keys(read_index(path), path)
+    index = read_index(path)
+    if flux_layout(index) is not None:
+        from lorakit.models.flux.detect import detect_flux  # it imports this module
+
+        detect_flux(path, index)
+        return ModelFamily.FLUX1
+    return family_from_keys(index, path)

@@ -52,6 +52,7 @@ from lorakit.models.family import (
     detect_family,
     family_from_keys,
     parse_family,
+    refuse_flux,
 )
 from lorakit.models.tensors import CheckpointTensors
 from lorakit.progress import task
@@ -102,6 +103,8 @@ def load_base_model(
     check_dtype(dtype, path)
     if path.is_dir():
         resolved = _resolve_family(path, detect_family(path), family)
+        if resolved is ModelFamily.FLUX1:
+            refuse_flux(path, "a FLUX.1 diffusers folder")
         return _load_folder(path, resolved, dtype)
     state = CheckpointTensors(path, dtype)  # the header only, so far
     resolved = _resolve_family(path, family_from_keys(state.index, path), family)

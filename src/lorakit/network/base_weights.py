@@ -30,6 +30,7 @@ from safetensors import safe_open
 from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, empty_base_model
 from lorakit.models.components import TEXT_ENCODERS
+from lorakit.models.family import refuse_flux
 from lorakit.models.tensors import CheckpointTensors
 from lorakit.network.lora import all_sites
 from lorakit.network.naming import UNET_PART, Site, ldm_block_map, site_index, to_ldm_path
@@ -181,5 +182,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     only headers are read here."""
     path = Path(path)
     family = detect_family(path)
+    if family is ModelFamily.FLUX1:
+        refuse_flux(path, "a FLUX.1 model")
     files = _folder_files(path, family) if path.is_dir() else [path]
     return Checkpoint(path, family, files)

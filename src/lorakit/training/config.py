@@ -18,7 +18,7 @@ import difflib
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -48,10 +48,15 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: str = ""
-    family: Literal["sd15", "sdxl", "tiny"] | None = None
+    family: Literal["sd15", "sdxl", "tiny", "flux1"] | None = None
     config: str | None = None
     """A diffusers model folder whose configs describe a single file of another size
-    (default: lorakit's bundled SD1.5/SDXL configs). Only its *config.json files are read."""
+    (default: lorakit's bundled SD1.5/SDXL/FLUX.1 configs). Only its *config.json files are read."""
+    clip_l: str | None = None
+    t5xxl: str | None = None
+    ae: str | None = None
+    """FLUX.1 only: the CLIP-L, T5-XXL and VAE files a BFL transformer file
+    (`flux1-dev.safetensors`) lacks; they replace what an all-in-one file holds."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Frozen-weight dtype; "auto" follows `training.mixed_precision`."""
 
@@ -192,6 +197,17 @@ class ValidationSection(Section):
     """Fixed timesteps per image, spread evenly over the schedule."""
 
 
+class FluxSection(Section):
+    """FLUX.1 training (`lorakit.models.flux.flow.FlowConfig`, whose defaults these are:
+    sd-scripts' README settings, checked equal in the tests): how σ is drawn and the
+    guidance value dev is conditioned on."""
+
+    timestep_sampling: Literal["shift", "sigmoid", "uniform"] = "shift"
+    flow_shift: float = Field(default=3.0, gt=0.0)
+    sigmoid_scale: float = Field(default=1.0, gt=0.0)
+    guidance: float = Field(default=1.0, ge=0.0)
+
+
 class TrainConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     dataset: DatasetSection = Field(default_factory=DatasetSection)
@@ -202,6 +218,8 @@ class TrainConfig(Section):
     saving: SavingSection = Field(default_factory=SavingSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     validation: ValidationSection = Field(default_factory=ValidationSection)
+    flux: FluxSection | None = None
+    """FLUX.1 settings; unset (and absent from an SD run's config.toml) means the defaults."""
 
     def dataset_paths(self) -> list[Path]:
         paths = self.dataset.path
@@ -239,10 +257,12 @@ def _section_fields(loc: Sequence[Any]) -> list[str]:
     model: Any = TrainConfig
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type):
+        if field is None:
             return []
-        model = field.annotation
-        if not issubclass(model, BaseModel):
+        # An optional section (`[flux]`) is its model or None.
+        members = [a for a in get_args(field.annotation) if a is not type(None)]
+        model = members[0] if len(members) == 1 else field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
     return list(model.model_fields)
 
@@ -381,6 +401,9 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     )
     for section, key in (
         ("model", "path"),
+        ("model", "clip_l"),
+        ("model", "t5xxl"),
+        ("model", "ae"),
         ("dataset", "reg_path"),
         ("network", "weights"),
         ("sampling", "prompts"),

@@ -24,25 +24,20 @@ from lorakit.training.config import TrainConfig, save_config, with_absolute_path
 from lorakit.training.data import BucketBatchSampler, build_items
 from lorakit.training.interrupt import StopFlag, StopRequested
 from lorakit.training.monitor import Monitor
-from lorakit.training.objective import Objective
 from lorakit.training.outputs import Outputs
-from lorakit.training.plan import make_plan, resolve, settings
+from lorakit.training.plan import make_plan, settings
 from lorakit.training.rundir import RunStart, prepare_run_folder, report_finished
 from lorakit.training.runtime import (
     build_optimizer,
     cpu_threads,
-    inject,
     latent_source,
     make_accelerator,
     precision_text,
-    prediction_type,
-    prepare_model,
-    text_cache,
-    trained_text_encoders,
     validation_indices,
 )
 from lorakit.training.state import TrainState
-from lorakit.training.step import Stepper, assemble
+from lorakit.training.step import assemble
+from lorakit.training.target import load_target, resolve
 from lorakit.training.validation import Validator
 
 
@@ -70,38 +65,22 @@ class Trainer:
         )
         self.plan = make_plan(config, self.items, acc.num_processes)
         self.config = config = config.with_warmup_steps(self.plan.total_steps)
-        self.base = prepare_model(config, acc)
-        te_lrs = config.text_encoder_lrs(len(self.base.text_encoders))
+        # The family's side of training (`lorakit.training.target`): model, network, loss.
+        self.target = target = load_target(config, acc)
         set_seed(config.training.seed)  # the same LoRA init on every process
-        self.network = inject(config, self.base, te_lrs)
+        target.inject()
         set_seed(config.training.seed + acc.process_index)  # different noise per process
         self.params, self.group_names, optimizer, self.scheduler = build_optimizer(
-            config, self.network, self.base, self.plan.total_steps
+            config, target.param_groups(), self.plan.total_steps
         )
         self.optimizer = acc.prepare(optimizer)
         self.progress = ckpt.Progress()
-        self.state = TrainState(acc, self.network, self.optimizer, self.scheduler, self.progress)
-        self.train_tes = trained_text_encoders(self.base, te_lrs)
-        self.objective = Objective(
-            self.base.scheduler_config,
-            prediction_type(config, self.base),
-            acc.device,
-            config.training.noise_offset,
-            config.training.min_snr_gamma,
-        )
-        cache = text_cache(config, self.base, bool(self.train_tes), acc.device)
-        self.stepper = Stepper(
-            self.base,
-            self.objective,
-            cache,
-            bool(self.train_tes),
-            config.training.clip_skip,
-            acc.device,
-        )
-        self.latents = latent_source(config, self.base, self.items, self.out)
-        self.outputs = Outputs(
-            config, self.network, self.base, self.items, self.plan, acc, self.state
-        )
+        self.state = TrainState(acc, target.network, self.optimizer, self.scheduler, self.progress)
+        target.prepare()
+        self.latents = latent_source(config, target.model, self.items, self.out)
+        self.outputs = Outputs(config, target, self.items, self.plan, acc, self.state)
+        if config.sampling.prompts and not target.samples:
+            notes.append(f"no samples during training for {target.family.value} yet")
         if config.dataset.color_aug and config.training.cache_latents != "none":
             notes.append("color_aug changes pixels every step: latents are encoded live")
         if start.moved_to is not None:
@@ -123,14 +102,13 @@ class Trainer:
             save_config(with_absolute_paths(config), self.out / "config.toml")
         keys = [(i, flip) for i in range(len(self.latents.items)) for flip in self._flips()]
         self.latents.fill(keys)
-        if self.stepper.text_cache is not None:
-            self.stepper.text_cache.fill(fixed_captions(self.items, config.dataset.caption_dropout))
+        self.target.fill_text(fixed_captions(self.items, config.dataset.caption_dropout))
         if config.validation.enabled and self.items.validation:
             indices = validation_indices(self.items, self.latents.items)
             self.validator = Validator(
                 self.items.validation,
                 [self.latents.get((i, False)) for i in indices],
-                self.objective,
+                self.target.objective,
                 config.validation.timesteps,
                 config.validation.seed,
                 acc.device,
@@ -151,7 +129,7 @@ class Trainer:
             keys, self.sampler.items, self.latents, self.config, self.accelerator.device
         )
         with self.accelerator.autocast():
-            loss = self.stepper.loss(batch)
+            loss = self.target.loss(batch)
         self.accelerator.backward(loss)
         self.last_loss = loss.detach()
         self.loss_acc += self.last_loss
@@ -262,13 +240,9 @@ class Trainer:
     def _validate(self) -> float | None:
         if self.validator is None:
             return None
-        self.base.unet.eval()
-        loss = self.validator.loss(
-            lambda noisy, t, items: self.stepper.predict(
-                noisy, t, items, [it.caption for it in items]
-            )
-        )
-        self.base.unet.train()
+        self.target.denoiser.eval()
+        loss = self.validator.loss(self.target.predict)
+        self.target.denoiser.train()
         return loss
 
     def _finish_epoch(self, epoch: int) -> bool:
@@ -290,7 +264,7 @@ class Trainer:
 
     def run(self, stop_after_epoch: int | None = None) -> TrainResult:
         acc = self.accelerator
-        threads = cpu_threads(self.config, self.base.unet)
+        threads = cpu_threads(self.config, self.target.denoiser)
         resumed = self.start.progress
         # TensorBoard hides what a killed run logged after the step it resumes from.
         purge = resumed.step + 1 if resumed is not None else None
@@ -322,7 +296,7 @@ class Trainer:
             return result
 
     def _epochs(self, stop_after_epoch: int | None) -> TrainResult:
-        for module in (self.base.unet, *self.train_tes):
+        for module in self.target.trained_modules():
             module.train()
         more = True
         while more and self.progress.epoch <= self.plan.epochs:

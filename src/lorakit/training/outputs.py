@@ -16,16 +16,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from lorakit.models import BaseModel
-from lorakit.network.lora import LoRANetwork
-from lorakit.network.metadata import base_model_metadata, lora_metadata
+from lorakit.network.metadata import base_model_metadata
 from lorakit.training import checkpoint as ckpt
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import Items
 from lorakit.training.monitor import Monitor
 from lorakit.training.plan import RunPlan
-from lorakit.training.runtime import lora_config, prediction_type
+from lorakit.training.runtime import lora_config
 from lorakit.training.state import TrainState
+from lorakit.training.target import TrainTarget
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -81,7 +80,7 @@ def training_metadata(
     config: TrainConfig,
     items: Items,
     plan: RunPlan,
-    prediction: str,
+    prediction: str | None,
     started: float,
     processes: int,
     precision: str,
@@ -140,25 +139,23 @@ class Outputs:
     def __init__(
         self,
         config: TrainConfig,
-        network: LoRANetwork,
-        base: BaseModel,
+        target: TrainTarget,
         items: Items,
         plan: RunPlan,
         accelerator: Accelerator,
         state: TrainState,
     ):
-        self.config, self.network, self.base, self.items = config, network, base, items
+        self.config, self.target, self.items = config, target, items
         self.accelerator, self.state = accelerator, state
         self.out = Path(config.saving.output_dir)
         self.name = config.saving.name
-        te_lrs = config.text_encoder_lrs(len(base.text_encoders))
+        te_lrs = config.text_encoder_lrs(len(target.model.text_encoders))
         self.lora_config = lora_config(config, te_lrs)
-        prediction = prediction_type(config, base)
         self.training = training_metadata(
             config,
             items,
             plan,
-            prediction,
+            target.prediction,
             time.time(),
             accelerator.num_processes,
             accelerator.mixed_precision,
@@ -167,7 +164,7 @@ class Outputs:
         self.prompts = self._prompts()
 
     def _prompts(self) -> list:
-        if not self.config.sampling.prompts:
+        if not (self.config.sampling.prompts and self.target.samples):
             return []
         from lorakit.inference.samples import parse_prompt_file
 
@@ -181,8 +178,7 @@ class Outputs:
         """Write the LoRA with its metadata; `epoch` defaults to the one in progress."""
         if not self.main:
             return
-        metadata = lora_metadata(
-            self.base.family,
+        metadata = self.target.lora_metadata(
             self.lora_config,
             **self.training,
             ss_epoch=progress.epoch if epoch is None else epoch,
@@ -190,7 +186,7 @@ class Outputs:
             ss_training_finished_at=time.time(),
         )
         dtype = SAVE_DTYPES[self.config.saving.save_precision]
-        self.network.save(path, dtype=dtype, metadata=metadata)
+        self.target.network.save(path, dtype=dtype, metadata=metadata)
         self.last_saved = path
 
     def save_state(self, force: bool = False) -> None:
@@ -204,7 +200,7 @@ class Outputs:
         from lorakit.inference.samples import generate_samples
 
         generate_samples(
-            self.base,
+            self.target.model,
             self.prompts,
             self.out / "samples",
             step=progress.step,
@@ -271,7 +267,7 @@ class Outputs:
         trigger, cls = folder_subject(self.items)
         header = {
             "name": self.name,
-            "family": self.base.family.value,
+            "family": self.target.family.value,
             # Absolute: `grid` and `pick` read it from wherever they run.
             "base_model": str(Path(self.config.model.path).absolute()),
             "trigger": self.config.dataset.trigger or trigger,

@@ -58,10 +58,11 @@ def checked_family(config: TrainConfig) -> tuple[str, str]:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill what follows from the base model: its family and its native resolution."""
-    return _resolved(config, checked_family(config)[0])
+    return with_family(config, checked_family(config)[0])
 
 
-def _resolved(config: TrainConfig, family: str) -> TrainConfig:
+def with_family(config: TrainConfig, family: str) -> TrainConfig:
+    """`config` with `family` set and the resolution defaulted to the family's native side."""
     resolution = config.dataset.resolution or NATIVE_SIDE[family]
     return config.model_copy(
         update={
@@ -214,16 +215,23 @@ def dry_run(config: TrainConfig) -> list[str]:
     """The settings, plan and GPU memory estimate for `config`, reading only the model's
     header or configs, folder listings and image headers."""
     family, family_origin = checked_family(config)
+    return dry_run_lines(config, family, family_origin)
+
+
+def dry_run_lines(
+    config: TrainConfig, family: str, family_origin: str, variant: str = "dev"
+) -> list[str]:
+    """`dry_run` for a family already checked (`variant`: FLUX.1's, for its estimate)."""
     origins = {
         "family": family_origin,
         "resolution": "dataset.resolution"
         if config.dataset.resolution
         else f"the {family} native size",
     }
-    config = _resolved(config, family)
+    config = with_family(config, family)
     items = build_items(config, config.dataset.resolution or 512)
     plan = make_plan(config, items)
     config = config.with_warmup_steps(plan.total_steps)
     precision = precision_text(config, effective_precision(config)[0])
     rows = settings(config, plan, precision, cpu_threads(config, None), origins)
-    return [f"{key}: {value}" for key, value in rows] + estimate(config, family).lines()
+    return [f"{key}: {value}" for key, value in rows] + estimate(config, family, variant).lines()

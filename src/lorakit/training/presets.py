@@ -93,6 +93,7 @@ TE_LR_RATIO = {
     "sd15": (0.5, "half the U-Net LR, lorakit's SD1.5 default ratio (1e-4 / 5e-5)"),
     "sdxl": (0.1, "a tenth of the U-Net LR, as guide 000's CivitAI SDXL settings (4e-4 / 4e-5)"),
     "tiny": (0.5, "half the U-Net LR, as for SD1.5 (the tiny model has its layout)"),
+    "flux1": (0.0, "CLIP-L not trained: sd-scripts' FLUX.1 README trains the transformer only"),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -17,6 +18,7 @@ from accelerate.state import AcceleratorState, GradientState
 
 from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, load_base_model
+from lorakit.models.flux.model import FluxModel
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
@@ -140,10 +142,9 @@ def trained_text_encoders(base: BaseModel, te_lrs: list[float]) -> list[torch.nn
     return [te for te, lr in zip(base.text_encoders, te_lrs, strict=True) if lr > 0]
 
 
-def build_optimizer(config: TrainConfig, network: LoRANetwork, base: BaseModel, total_steps: int):
-    """(trainable params, group names, optimizer, LR scheduler); LoRA params made fp32."""
-    te_lrs = config.text_encoder_lrs(len(base.text_encoders))
-    groups = network.param_groups(config.optimizer.unet_lr, te_lrs)
+def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]], total_steps: int):
+    """(trainable params, group names, optimizer, LR scheduler) over a network's parameter
+    `groups` (`TrainTarget.param_groups`); LoRA params made fp32."""
     params = [p for g in groups for p in g["params"]]
     for p in params:
         p.data = p.data.float()
@@ -152,7 +153,9 @@ def build_optimizer(config: TrainConfig, network: LoRANetwork, base: BaseModel, 
     return params, [str(g["name"]) for g in groups], optimizer, scheduler
 
 
-def latent_source(config: TrainConfig, base: BaseModel, items: Items, out: Path) -> LatentCache:
+def latent_source(
+    config: TrainConfig, base: BaseModel | FluxModel, items: Items, out: Path
+) -> LatentCache:
     """Latents for `items.all` then any validation item not already among them.
 
     Colour augmentation changes pixels every step, so it forces live encoding.

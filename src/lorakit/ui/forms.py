@@ -40,6 +40,9 @@ BASIC = (
 )
 PATH_KEYS = (
     "model.path",
+    "model.clip_l",
+    "model.t5xxl",
+    "model.ae",
     "dataset.path",
     "dataset.reg_path",
     "network.weights",
@@ -92,6 +95,8 @@ def config_fields() -> list[Field]:
     fields = []
     for section, info in TrainConfig.model_fields.items():
         model = info.annotation
+        optional = [a for a in typing.get_args(model) if a is not type(None)]
+        model = optional[0] if optional else model  # `[flux]`: a section only FLUX.1 reads
         assert isinstance(model, type)
         for name, field in model.model_fields.items():  # type: ignore[attr-defined]
             kind, options = _kind(field.annotation)

@@ -66,7 +66,7 @@ def _preset(value: str) -> str | None:
 
 def check(ui: UI, project: Project, data: dict[str, Any], preset: str | None) -> dict[str, Any]:
     """Validate and plan `data` through the CLI's path; save it as `train.toml` if it holds."""
-    from lorakit.training.plan import dry_run
+    from lorakit.training.target import dry_run
 
     data = _confine_paths(ui, data)
     text = tomli_w.dumps(data)
@@ -187,7 +187,8 @@ async def train_import(
 def total_steps(config: TrainConfig) -> int:
     """The run's optimizer steps, as the trainer will count them (for progress)."""
     from lorakit.training.data import build_items
-    from lorakit.training.plan import make_plan, resolve
+    from lorakit.training.plan import make_plan
+    from lorakit.training.target import resolve
 
     resolved = resolve(config)
     items = build_items(resolved, resolved.dataset.resolution or 512)

@@ -1,0 +1,269 @@
+"""FLUX.1's side of the training seam (`lorakit.training.target`): a kohya FLUX.1 LoRA on
+the transformer (and CLIP-L when its rate is above zero), trained with rectified flow.
+
+The pieces are `lorakit.models.flux` (loader, `flow`: σ sampling, packing, conditioning,
+`flux_loss`) and `lorakit.network.flux_train.FluxLoRANetwork` (kohya's names, the file
+ComfyUI/Forge load); this module only binds them to a run's config. Latents come from the
+shared `LatentCache` (`encode_latents` applies the FLUX VAE's shift and scale); T5 and
+CLIP-L outputs are cached per caption in memory when no encoder trains.
+
+Everything a run cannot honour is refused in one line before the model loads: a BFL
+transformer file without its encoder/VAE files, SD-only settings (min-SNR, noise offset,
+clip skip, LyCORIS types), and buckets that the 8× VAE and 2×2 packing cannot split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from lorakit.errors import LorakitError
+from lorakit.families import FLUX1
+from lorakit.models.flux.detect import detect_flux, folder_variant
+from lorakit.models.flux.flow import (
+    FlowConfig,
+    add_noise,
+    encode_prompts,
+    flux_loss,
+    predict_velocity,
+    velocity,
+)
+from lorakit.models.flux.loader import load_flux_model
+from lorakit.models.tensors import read_index
+from lorakit.network.config import LoRAConfig
+from lorakit.network.files import load_lora_file
+from lorakit.network.flux import is_flux_lora
+from lorakit.network.flux_files import flux_kohya_state
+from lorakit.network.flux_train import FluxLoRANetwork
+from lorakit.training import plan
+from lorakit.training.caching import TextCache
+from lorakit.training.config import FluxSection, TrainConfig
+from lorakit.training.data import TrainItem
+from lorakit.training.runtime import effective_precision, weight_dtype
+from lorakit.training.step import Batch
+from lorakit.training.vram import flux_table
+
+# VAE 8× down, then 2×2 patches: image sides must be multiples of 16 px.
+PIXEL_MULTIPLE = 16
+# `model.<key>`: (FluxLayout field, what it holds) of the files a BFL transformer lacks.
+FLUX_FILES = {"clip_l": ("clip", "CLIP-L"), "t5xxl": ("t5", "T5-XXL"), "ae": ("vae", "VAE")}
+
+
+def flow_config(config: TrainConfig) -> FlowConfig:
+    """The run's `[flux]` settings (its defaults when the section is absent)."""
+    flux = config.flux or FluxSection()
+    return FlowConfig(
+        sampling=flux.timestep_sampling,
+        sigmoid_scale=flux.sigmoid_scale,
+        flow_shift=flux.flow_shift,
+        guidance=flux.guidance,
+    )
+
+
+def _check_files(config: TrainConfig) -> str:
+    """The variant, after every file the load will need was found (headers only)."""
+    model = config.model
+    for key in FLUX_FILES:
+        value = getattr(model, key)
+        if value and not Path(value).expanduser().is_file():
+            raise LorakitError(f"model.{key} = {value}: no such file; check the path")
+    path = Path(model.path).expanduser()
+    if path.is_dir():
+        return folder_variant(path)
+    layout = detect_flux(path, read_index(path))
+    for key, (part, what) in FLUX_FILES.items():
+        if not getattr(layout, part) and not getattr(model, key):
+            raise LorakitError(
+                f"{path}: a {layout.name} transformer file without the {what} weights; "
+                f"set model.{key} to its file (e.g. {key}.safetensors)"
+            )
+    return layout.variant
+
+
+def _check_settings(config: TrainConfig, variant: str) -> None:
+    """SD-only settings and what FLUX.1's LoRA does not have yet, one line each."""
+    t, net, ds = config.training, config.network, config.dataset
+    sd_only = {
+        "training.min_snr_gamma": t.min_snr_gamma is not None,
+        "training.noise_offset": bool(t.noise_offset),
+        "training.prediction": t.prediction != "auto",
+        "training.clip_skip": t.clip_skip != 1,
+    }
+    for key, set_ in sd_only.items():
+        if set_:
+            raise LorakitError(
+                f"{config.model.path}: {key} is an SD (noise-prediction) setting; FLUX.1 "
+                "trains rectified flow: remove it"
+            )
+    if effective_precision(config)[0] == "fp16" or config.model.dtype == "fp16":
+        raise LorakitError(
+            f"{config.model.path}: FLUX.1 overflows in fp16 (sd-scripts trains it in bf16); "
+            'set training.mixed_precision = "bf16" and model.dtype = "auto"'
+        )
+    if net.type != "lora" or net.conv_rank or net.dropout:
+        raise LorakitError(
+            f"{config.model.path}: FLUX.1 trains a plain LoRA so far; set network.type = "
+            '"lora" without conv_rank or dropout'
+        )
+    if isinstance(config.optimizer.text_encoder_lr, list):
+        raise LorakitError(
+            f"{config.model.path}: FLUX.1 trains one text encoder (CLIP-L); give "
+            "optimizer.text_encoder_lr as one rate"
+        )
+    for key, value in (
+        ("dataset.resolution", ds.resolution),
+        ("dataset.bucket_step", ds.bucket_step),
+    ):
+        if value is not None and value % PIXEL_MULTIPLE:
+            raise LorakitError(
+                f"{config.model.path}: {key} = {value} is not a multiple of {PIXEL_MULTIPLE} "
+                "(FLUX.1's VAE and 2×2 latent patches); use a multiple of 16"
+            )
+    flux = config.flux
+    if variant == "schnell" and flux is not None and "guidance" in flux.model_fields_set:
+        raise LorakitError(
+            f"{config.model.path}: a FLUX.1 schnell model has no guidance input; remove "
+            "flux.guidance (a dev setting)"
+        )
+
+
+def checked_flux(config: TrainConfig) -> str:
+    """The variant ("dev"/"schnell") of a FLUX.1 base, after every check above."""
+    if config.model.family not in (None, FLUX1.value):
+        raise LorakitError(
+            f"{config.model.path}: is family flux1, but model.family = "
+            f"{config.model.family!r}; drop model.family or give a {config.model.family} model"
+        )
+    variant = _check_files(config)
+    _check_settings(config, variant)
+    return variant
+
+
+def resolve_flux(config: TrainConfig) -> TrainConfig:
+    """`target.resolve` for a FLUX.1 base: every check, then family and resolution."""
+    checked_flux(config)
+    return plan.with_family(config, FLUX1.value)
+
+
+def flux_dry_run(config: TrainConfig) -> list[str]:
+    """The plan and GPU memory estimate of a FLUX.1 run, and the bf16 / fp8 / fp8 + block
+    swap table for its size (fp8 base weights and block swap are not settings yet)."""
+    variant = checked_flux(config)
+    lines = plan.dry_run_lines(config, FLUX1.value, f"from the file: FLUX.1 {variant}", variant)
+    t, resolved = config.training, plan.with_family(config, FLUX1.value)
+    table = flux_table(
+        variant,
+        resolution=resolved.dataset.resolution or 1024,
+        batch_size=t.batch_size,
+        rank=config.network.rank,
+    )
+    return lines + table
+
+
+class FlowObjective:
+    """Rectified flow as the fixed-timestep `Validator` reads it: step t of 1000 is σ = t/1000."""
+
+    num_timesteps = 1000
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+        return add_noise(latents, noise, t.float() / self.num_timesteps)
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+        return velocity(latents, noise)
+
+
+class FluxTarget:
+    """A FLUX.1 model, its kohya LoRA and the flow loss, for `lorakit.training.loop`."""
+
+    family = FLUX1
+    prediction = None  # a flow velocity: no `ss_prediction_type`, as sd-scripts writes
+    samples = False  # FLUX generation is not wired into lorakit's samples yet
+
+    def __init__(self, config: TrainConfig, accelerator: Accelerator) -> None:
+        self.config, self.device = config, accelerator.device
+        m = config.model
+        self.model = load_flux_model(
+            m.path,
+            dtype=weight_dtype(config, accelerator.mixed_precision),
+            clip_l=m.clip_l,
+            t5xxl=m.t5xxl,
+            ae=m.ae,
+            config=m.config,
+        )
+        for module in (self.model.transformer, self.model.vae, *self.model.text_encoders):
+            module.to(self.device)
+        self.model.vae.float()  # as for SD: the VAE encodes in fp32
+        self.denoiser = self.model.transformer
+        if config.training.gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self.te_lr = float(config.text_encoder_lrs(1)[0])
+        self.flow = flow_config(config)
+        self.objective = FlowObjective()
+        self.text_cache: TextCache | None = None
+
+    def inject(self) -> None:
+        """sd-scripts' default FLUX.1 modules (CLIP-L's too when it trains), continuing
+        from `network.weights` when set."""
+        net = self.config.network
+        self.network = FluxLoRANetwork.inject(
+            self.model, net.rank, net.alpha, text_encoder=self.te_lr > 0
+        )
+        if net.weights:
+            source = f"network.weights {net.weights}"
+            state, metadata = load_lora_file(Path(net.weights))
+            if not is_flux_lora(state, metadata):
+                raise LorakitError(f"{source}: not a FLUX.1 LoRA; continue from a FLUX.1 file")
+            kohya = flux_kohya_state(state, metadata, source)  # a diffusers file too
+            self.network.load_kohya_state_dict(kohya, strict=False, source=source)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.network.param_groups(self.config.optimizer.unet_lr, self.te_lr)
+
+    def trained_modules(self) -> list[nn.Module]:
+        clip = [self.model.text_encoders[0]] if self.te_lr > 0 else []
+        return [self.denoiser, *clip]
+
+    def prepare(self) -> None:
+        """A per-caption cache of (T5 sequence, CLIP pooled) when captions are fixed and
+        CLIP-L does not train."""
+        c = self.config
+        if self.te_lr > 0 or c.dataset.shuffle_caption or not c.training.cache_text_encoder:
+            return
+        self.text_cache = TextCache(self._encode)
+
+    def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_prompts(self.model, captions, self.device)
+
+    def fill_text(self, captions: Sequence[str]) -> None:
+        if self.text_cache is not None:
+            self.text_cache.fill(captions)
+
+    def _conditioning(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_cache is not None:
+            sequence, pooled = self.text_cache.get(captions)
+            assert pooled is not None
+            return sequence, pooled
+        with nullcontext() if self.te_lr > 0 else torch.no_grad():
+            return self._encode(list(captions))
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        sequence, pooled = self._conditioning(batch.captions)
+        return flux_loss(
+            self.denoiser, batch.latents, sequence, pooled, self.flow, sample_weights=batch.weights
+        )
+
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, items: list[TrainItem]):
+        sequence, pooled = self._conditioning([it.caption for it in items])
+        sigmas = t.float() / self.objective.num_timesteps
+        return predict_velocity(self.denoiser, noisy, sigmas, sequence, pooled, self.flow.guidance)
+
+    def lora_metadata(self, config: LoRAConfig, **training: object) -> dict[str, str]:
+        """sd-scripts' FLUX.1 metadata (`ss_base_model_version = flux1`, modelspec
+        `flux-1-dev/lora` or schnell), dims read from the network itself."""
+        return self.network.metadata(**training)
