@@ -277,8 +277,6 @@ def test_pick_falls_back_to_the_loss_for_a_flux_run(full: Path) -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        ["generate", "--model", "{transformer}", "--out", "{out}", "sks"],
-        ["generate", "--model", "{folder}", "--out", "{out}", "sks"],
         ["lora", "extract", "{transformer}", "{transformer}", "{out}/x.safetensors", "--rank", "2"],
     ],
 )
@@ -287,7 +285,7 @@ def test_sd_only_commands_refuse_flux_in_one_line(
 ) -> None:
     paths = {**{key: str(value) for key, value in flux.items()}, "out": str(tmp_path)}
     err = _one_line_error([part.format(**paths) for part in command], capsys)
-    assert "FLUX generation, grids and merges are not supported yet" in err
+    assert "FLUX grids and merges are not supported yet" in err
 
 
 def test_flux_section_defaults_are_flow_configs() -> None:

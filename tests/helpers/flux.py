@@ -36,13 +36,17 @@ TRANSFORMER_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
 
 
-def tiny_flux_pipeline(variant: str = "dev", seed: int = 0) -> FluxPipeline:
+def tiny_flux_pipeline(
+    variant: str = "dev", seed: int = 0, num_layers: int = 2, num_single_layers: int = 2
+) -> FluxPipeline:
+    """The tiny FLUX.1; more blocks (`num_layers` double, `num_single_layers` single) for
+    block swap, which keeps two of each on the device."""
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,
-        num_layers=2,
-        num_single_layers=2,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
         attention_head_dim=8,
         num_attention_heads=2,
         joint_attention_dim=32,

@@ -85,6 +85,14 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def inference_device(device: str | None) -> torch.device:
+    """`device` (CUDA when present by default), refused in one line when absent."""
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise LorakitError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+    return target
+
+
 def load_for_inference(
     path: str | Path, device: str | None = None, config: Path | None = None
 ) -> BaseModel:
@@ -92,9 +100,7 @@ def load_for_inference(
 
     The VAE stays fp32 whatever the rest uses (SDXL's overflows in fp16; it is small).
     """
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise LorakitError("--device cuda was given but no CUDA GPU is visible; use --device cpu")
+    target = inference_device(device)
     base = load_base_model(path, dtype=inference_dtype(target), config=config)
     for module in (base.unet, base.vae, *base.text_encoders):
         module.to(target)
@@ -142,7 +148,7 @@ def _pipeline(base: BaseModel, sampler: str, img2img: bool) -> Any:
     return pipe
 
 
-def _step_callback(progress: Board, task: TaskID) -> Callable[..., dict[str, Any]]:
+def step_callback(progress: Board, task: TaskID) -> Callable[..., dict[str, Any]]:
     def advance(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         progress.advance(task)
         return kwargs
@@ -180,7 +186,7 @@ def render(
     if progress is not None:
         total = max(1, int(options.steps * options.strength)) if img2img else options.steps
         task = progress.add_task(f"seed {seed}", total=total)
-        kwargs["callback_on_step_end"] = _step_callback(progress, task)
+        kwargs["callback_on_step_end"] = step_callback(progress, task)
     latents = pipe(**kwargs, output_type="latent").images
     if progress is not None:
         progress.remove_task(task)

@@ -69,20 +69,27 @@ def lora_alias(name: str) -> str:
     return name.replace(":", "").replace(",", "")
 
 
+# Extra keys A1111/Forge write right after a core one (Forge's FLUX line: `Sampler: Euler,
+# Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5, …`); other extras go last.
+_PLACED = ("Schedule type", "Distilled CFG Scale")
+
+
 def _param_pairs(info: GenerationInfo) -> list[tuple[str, str | None]]:
     loras = ", ".join(f"{lora_alias(name)}: {h}" for name, h in info.lora_hashes.items())
     strength = info.denoising_strength
     return [
         ("Steps", str(info.steps)),
         ("Sampler", info.sampler),
+        ("Schedule type", info.extra.get("Schedule type")),
         ("CFG scale", f"{info.cfg:g}"),
+        ("Distilled CFG Scale", info.extra.get("Distilled CFG Scale")),
         ("Seed", str(info.seed)),
         ("Size", f"{info.width}x{info.height}"),
         ("Model hash", info.model_hash),
         ("Model", info.model),
         ("Denoising strength", None if strength is None else f"{strength:g}"),
         ("Lora hashes", loras or None),
-        *info.extra.items(),
+        *((key, value) for key, value in info.extra.items() if key not in _PLACED),
     ]
 
 

@@ -81,10 +81,10 @@ def _refuse_other_models(keys: list[str], path: Path) -> None:
 
 
 def refuse_flux(path: Path, what: str) -> None:
-    """FLUX.1 where only an SD1.5/SDXL `BaseModel` will do (generation, grids, merges)."""
+    """FLUX.1 where only an SD1.5/SDXL `BaseModel` will do (grids, merges, extraction)."""
     raise LorakitError(
-        f"{path}: {what}; FLUX.1 is supported by `lorakit train` and the LoRA file commands "
-        "only so far (FLUX generation, grids and merges are not supported yet)"
+        f"{path}: {what}; FLUX.1 is supported by `lorakit train`, `lorakit generate` and the "
+        "LoRA file commands only so far (FLUX grids and merges are not supported yet)"
     )
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import LorakitError
+from lorakit.models.flux.memory import Fp8Linear
 from lorakit.models.flux.model import FluxModel
 from lorakit.network.files import (
     group_by_module,
@@ -115,7 +116,7 @@ class FluxLoRANetwork(nn.Module):
         for site in self.sites:  # every layer checked before any is wrapped
             parents = [_parent(model, target) for target in site.targets]
             layers = [getattr(parent, attr) for parent, attr in parents]
-            if not all(type(layer) is nn.Linear for layer in layers):
+            if not all(type(layer) in (nn.Linear, Fp8Linear) for layer in layers):
                 raise LorakitError(f"{site.name}: the layer is not a plain Linear; remove its LoRA")
             found.append((site, parents, layers))
         for site, parents, layers in found:

@@ -206,6 +206,12 @@ class FluxSection(Section):
     flow_shift: float = Field(default=3.0, gt=0.0)
     sigmoid_scale: float = Field(default=1.0, gt=0.0)
     guidance: float = Field(default=1.0, ge=0.0)
+    fp8_base: bool = False
+    """sd-scripts' `--fp8_base`: the blocks' frozen Linear weights stored as float8 e4m3,
+    computed in bf16 (`lorakit.models.flux.memory`)."""
+    blocks_to_swap: int = Field(default=0, ge=0)
+    """sd-scripts' `--blocks_to_swap N`: N // 2 double and (N - N // 2) × 2 single blocks
+    keep their weights on the CPU, copied to the GPU for each forward and backward."""
 
 
 class TrainConfig(Section):

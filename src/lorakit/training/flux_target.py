@@ -9,7 +9,10 @@ CLIP-L outputs are cached per caption in memory when no encoder trains.
 
 Everything a run cannot honour is refused in one line before the model loads: a BFL
 transformer file without its encoder/VAE files, SD-only settings (min-SNR, noise offset,
-clip skip, LyCORIS types), and buckets that the 8× VAE and 2×2 packing cannot split.
+clip skip, LyCORIS types), buckets that the 8× VAE and 2×2 packing cannot split, and
+memory settings that cannot work: `flux.fp8_base` without bf16 (it computes in bf16;
+torch does so on the CPU too), `flux.blocks_to_swap` without gradient checkpointing (every
+block's GPU copy would be kept for backward) or above what the model's blocks allow.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from lorakit.errors import LorakitError
@@ -35,6 +39,8 @@ from lorakit.models.flux.flow import (
     velocity,
 )
 from lorakit.models.flux.loader import load_flux_model
+from lorakit.models.flux.memory import BlockSwap, swap_split, to_fp8_base
+from lorakit.models.flux.model import bundled_flux_dir
 from lorakit.models.tensors import read_index
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
@@ -131,6 +137,36 @@ def _check_settings(config: TrainConfig, variant: str) -> None:
             f"{config.model.path}: a FLUX.1 schnell model has no guidance input; remove "
             "flux.guidance (a dev setting)"
         )
+    if flux is not None:
+        _check_memory(config, flux, variant)
+
+
+def _check_memory(config: TrainConfig, flux: FluxSection, variant: str) -> None:
+    """fp8 base weights compute in bf16; block swap needs checkpointing and spare blocks."""
+    if flux.fp8_base and effective_precision(config)[0] != "bf16":
+        raise LorakitError(
+            f"{config.model.path}: flux.fp8_base stores weights in fp8 and computes in bf16; "
+            'set training.mixed_precision = "bf16"'
+        )
+    if not flux.blocks_to_swap:
+        return
+    if not config.training.gradient_checkpointing:
+        raise LorakitError(
+            f"{config.model.path}: flux.blocks_to_swap saves memory only with gradient "
+            "checkpointing (else every block's copy is kept for backward); set "
+            "training.gradient_checkpointing = true"
+        )
+    swap_split(flux.blocks_to_swap, *_block_counts(config, variant))
+
+
+def _block_counts(config: TrainConfig, variant: str) -> tuple[int, int]:
+    """(double, single) blocks of the model the run loads, from its transformer config."""
+    path = Path(config.model.path).expanduser()
+    folder = Path(config.model.config).expanduser() if config.model.config else None
+    if folder is None:
+        folder = path if path.is_dir() else bundled_flux_dir(variant)
+    transformer = FluxTransformer2DModel.load_config(folder / "transformer")
+    return int(transformer["num_layers"]), int(transformer["num_single_layers"])
 
 
 def checked_flux(config: TrainConfig) -> str:
@@ -152,8 +188,8 @@ def resolve_flux(config: TrainConfig) -> TrainConfig:
 
 
 def flux_dry_run(config: TrainConfig) -> list[str]:
-    """The plan and GPU memory estimate of a FLUX.1 run, and the bf16 / fp8 / fp8 + block
-    swap table for its size (fp8 base weights and block swap are not settings yet)."""
+    """The plan and GPU memory estimate of a FLUX.1 run (with its `flux.fp8_base` and
+    `flux.blocks_to_swap`), and the bf16 / fp8 / fp8 + block swap table for its size."""
     variant = checked_flux(config)
     lines = plan.dry_run_lines(config, FLUX1.value, f"from the file: FLUX.1 {variant}", variant)
     t, resolved = config.training, plan.with_family(config, FLUX1.value)
@@ -196,7 +232,13 @@ class FluxTarget:
             ae=m.ae,
             config=m.config,
         )
-        for module in (self.model.transformer, self.model.vae, *self.model.text_encoders):
+        flux = config.flux or FluxSection()
+        if flux.fp8_base:  # on the CPU, before the transformer goes to the device
+            to_fp8_base(self.model.transformer)
+        # With block swap the transformer goes to the device in `inject` (`BlockSwap`),
+        # without its swapped blocks' weights.
+        keep = () if flux.blocks_to_swap else (self.model.transformer,)
+        for module in (*keep, self.model.vae, *self.model.text_encoders):
             module.to(self.device)
         self.model.vae.float()  # as for SD: the VAE encodes in fp32
         self.denoiser = self.model.transformer
@@ -206,6 +248,7 @@ class FluxTarget:
         self.flow = flow_config(config)
         self.objective = FlowObjective()
         self.text_cache: TextCache | None = None
+        self.swap: BlockSwap | None = None
 
     def inject(self) -> None:
         """sd-scripts' default FLUX.1 modules (CLIP-L's too when it trains), continuing
@@ -221,6 +264,9 @@ class FluxTarget:
                 raise LorakitError(f"{source}: not a FLUX.1 LoRA; continue from a FLUX.1 file")
             kohya = flux_kohya_state(state, metadata, source)  # a diffusers file too
             self.network.load_kohya_state_dict(kohya, strict=False, source=source)
+        swap = (self.config.flux or FluxSection()).blocks_to_swap
+        if swap:  # after the LoRA: its parameters stay on the device
+            self.swap = BlockSwap(self.denoiser, swap, self.device)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return self.network.param_groups(self.config.optimizer.unet_lr, self.te_lr)
@@ -265,5 +311,7 @@ class FluxTarget:
 
     def lora_metadata(self, config: LoRAConfig, **training: object) -> dict[str, str]:
         """sd-scripts' FLUX.1 metadata (`ss_base_model_version = flux1`, modelspec
-        `flux-1-dev/lora` or schnell), dims read from the network itself."""
-        return self.network.metadata(**training)
+        `flux-1-dev/lora` or schnell, `ss_fp8_base` as sd-scripts writes it; it has no
+        key for block swap), dims read from the network itself."""
+        fp8 = (self.config.flux or FluxSection()).fp8_base
+        return self.network.metadata(fp8_base=fp8, **training)

@@ -61,6 +61,7 @@ import torch
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1, ModelFamily
 from lorakit.models.components import TEXT_ENCODERS, empty_base_model
+from lorakit.models.flux.memory import swap_split
 from lorakit.models.flux.model import MAX_SEQUENCE_LENGTH, empty_flux_model
 from lorakit.network.config import LoRAConfig
 from lorakit.network.flux import flux_sites
@@ -93,10 +94,6 @@ OPTIMIZER_BYTES: dict[str, float] = {
     "lion": 4,
 }
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
-# Each FLUX double block counts as two in sd-scripts' `--blocks_to_swap` (its
-# `enable_block_swap`: N // 2 double blocks, (N - N // 2) × 2 single ones; at most all
-# but two of each, so 35 for FLUX.1).
-KEPT_ON_GPU = 2
 
 
 @dataclass(frozen=True)
@@ -234,12 +231,14 @@ def estimate(config: TrainConfig, family: str, flux_variant: str = "dev") -> Vra
     name = DTYPE_NAMES[weight_dtype(config, precision)]
     opt = config.optimizer
     if family == FLUX:
+        flux = config.flux
         return flux_estimate(
             flux_variant,
             resolution=config.dataset.resolution or 1024,
             batch_size=t.batch_size,
             rank=config.network.rank,
-            weights=name,
+            weights="fp8" if flux and flux.fp8_base else name,
+            blocks_to_swap=flux.blocks_to_swap if flux else 0,
             optimizer=opt.name,
             optimizer_args=opt.args,
             gradient_checkpointing=t.gradient_checkpointing,
@@ -300,12 +299,7 @@ def flux_counts(variant: str) -> FluxCounts:
 
 def swapped_blocks(blocks_to_swap: int, counts: FluxCounts) -> tuple[int, int]:
     """(double, single) blocks sd-scripts keeps on the CPU for `--blocks_to_swap N`."""
-    double = blocks_to_swap // 2
-    single = (blocks_to_swap - double) * 2
-    if double > counts.double_blocks - KEPT_ON_GPU or single > counts.single_blocks - KEPT_ON_GPU:
-        most = (counts.double_blocks - KEPT_ON_GPU) * 2 + 1
-        raise LorakitError(f"blocks_to_swap = {blocks_to_swap}: FLUX.1 swaps at most {most}")
-    return double, single
+    return swap_split(blocks_to_swap, counts.double_blocks, counts.single_blocks)
 
 
 def flux_weights(counts: FluxCounts, weights: str, blocks_to_swap: int) -> Term:
