@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from lorakit.cli.main import main
 from lorakit.dataset.captions import clip_token_count
 from lorakit.dataset.findings import Finding, Severity
+from lorakit.dataset.flux_captions import looks_like_tags, trigger_only_as_tag
 from lorakit.dataset.lint import _count_finding, has_errors, lint_dataset
 from tests.helpers.photos import draw_photo
 
@@ -242,3 +245,70 @@ def test_other_files(clean: Path) -> None:
     findings = lint_dataset(clean, trigger="sks")
     assert _rules(findings, clean / "notes.md") == {"other-file"}
     assert "other-file" not in _rules(findings, clean / "p00.txt")
+
+
+# Guide 003's "Quick Caption Guide by Model" examples: only SD 1.5's is a tag list.
+GUIDE_CAPTIONS = {
+    "xyz_style, digital art, landscape, mountains, sunset, vibrant colors": True,
+    "xyz_style digital painting of mountains at sunset, vibrant colors, detailed": False,
+    "A beautiful mountain landscape at sunset in the xyz_style, with vibrant orange and "
+    "purple colors": False,
+}
+
+
+@pytest.mark.parametrize(("caption", "tags"), GUIDE_CAPTIONS.items())
+def test_guide_003_examples_are_told_apart(caption: str, tags: bool) -> None:
+    assert looks_like_tags(caption) is tags
+
+
+def test_trigger_as_a_separate_tag_or_inside_the_sentence() -> None:
+    assert trigger_only_as_tag("qz7, a woman smiling in a park", "qz7")
+    assert trigger_only_as_tag("a woman smiling in a park, QZ7", "qz7")
+    assert not trigger_only_as_tag("a photo of qz7 woman smiling", "qz7")
+    assert not trigger_only_as_tag("qz7, a photo of qz7 woman smiling", "qz7")
+    assert not trigger_only_as_tag("a photo of a woman", "qz7")  # missing-trigger's case
+
+
+def test_flux_family_asks_for_sentences_with_the_trigger_inside(clean: Path) -> None:
+    for i in range(4):
+        (clean / f"p{i:02d}.txt").write_text(
+            "sks, 1girl, solo, smiling, outdoors, red dress", encoding="utf-8"
+        )
+    (clean / "p04.txt").write_text("sks, a woman smiling in a sunny park", encoding="utf-8")
+    (clean / "p05.txt").write_text("a photo of a woman in a red dress", encoding="utf-8")
+    flux = lint_dataset(clean, family="flux1", trigger="sks")
+    advice = {f.rule: f for f in flux if f.path is None and f.rule != "image-count"}
+    assert set(advice) == {"tag-captions", "trigger-as-tag"}
+    assert advice["tag-captions"].message.startswith("4 of 12 captions are comma-separated tag")
+    assert "--captioner" in advice["tag-captions"].fix
+    assert advice["trigger-as-tag"].message.startswith("5 of 12 captions have the trigger only")
+    assert "'a photo of sks woman smiling in a park'" in advice["trigger-as-tag"].fix
+    assert all("\n" not in f.message + f.fix for f in advice.values())
+    missing = next(f for f in flux if f.path == clean / "p05.txt")
+    assert missing.rule == "missing-trigger" and "in the sentence" in missing.fix
+    sd = lint_dataset(clean, family="sd15", trigger="sks")
+    assert not {"tag-captions", "trigger-as-tag"} & _rules(sd)  # SD advice unchanged
+    assert (
+        next(f for f in sd if f.path == clean / "p05.txt").fix == "start the caption with 'sks, '"
+    )
+
+
+def test_flux_sentence_captions_pass_and_clip_length_is_not_flux_advice(clean: Path) -> None:
+    for i in range(CLEAN_IMAGES):
+        (clean / f"p{i:02d}.txt").write_text(
+            f"a photo of sks person standing in front of a wall, picture {i}", encoding="utf-8"
+        )
+    long_caption = "a photo of sks person " + " and ".join(f"detail {i}" for i in range(40))
+    assert clip_token_count(long_caption) > 75
+    (clean / "p07.txt").write_text(long_caption, encoding="utf-8")
+    flux = lint_dataset(clean, family="flux1", trigger="sks")
+    assert _rules([f for f in flux if f.rule != "below-native"]) == {"image-count"}
+    assert "long-caption" in _rules(lint_dataset(clean, trigger="sks"))
+
+
+def test_lint_command_takes_family_flux1(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (clean / "p00.txt").write_text("sks, 1girl, solo, smiling, outdoors", encoding="utf-8")
+    assert main(["dataset", "lint", str(clean), "--family", "flux1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rules = {finding["rule"] for finding in report["findings"]}
+    assert {"tag-captions", "below-native"} <= rules  # 512 px photos, FLUX.1's native 1024

@@ -12,10 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lorakit.cli.main import main
+from lorakit.models.flux.flow import FlowConfig
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
-from lorakit.network.flux import FluxSite, flux_sites
-from lorakit.network.flux_files import flux_lora_metadata, full_size_sites
+from lorakit.network.flux import FluxSite, flux_kohya_to_diffusers, flux_sites
+from lorakit.network.flux_files import flow_metadata, flux_lora_metadata, full_size_sites
 from tests.helpers.flux import tiny_flux_model, tiny_flux_pipeline
 
 RANK = 4
@@ -75,8 +76,42 @@ def test_metadata_names_flux1_and_the_variant() -> None:
         "sks",
     )
     assert "modelspec.prediction_type" not in dev  # flow matching: neither epsilon nor v
+    assert dev["ss_network_module"] == schnell["ss_network_module"] == "networks.lora_flux"
     with pytest.raises(Exception, match="variant 'pro' unknown"):
         flux_lora_metadata("pro", config)
+
+
+def test_training_keys_are_written_as_sd_scripts_writes_them() -> None:
+    """flux_train_network.py's `update_metadata` keys, `str()` of each value."""
+    flow = FlowConfig(sampling="shift", flow_shift=3.1582, sigmoid_scale=1.0, guidance=1.0)
+    meta = flux_lora_metadata("dev", LoRAConfig(16, 8.0), **flow_metadata(flow))
+    assert {key: meta[key] for key in flow_metadata(flow)} == {
+        "ss_timestep_sampling": "shift",
+        "ss_sigmoid_scale": "1.0",
+        "ss_discrete_flow_shift": "3.1582",
+        "ss_guidance_scale": "1.0",
+        "ss_model_prediction_type": "raw",
+        "ss_weighting_scheme": "uniform",
+        "ss_apply_t5_attn_mask": "False",
+    }
+    sigmoid = flux_lora_metadata("dev", LoRAConfig(16), **flow_metadata(FlowConfig("sigmoid")))
+    assert sigmoid["ss_timestep_sampling"] == "sigmoid"
+
+
+def test_a_diffusers_file_without_metadata_converts_to_networks_lora_flux(
+    tiny_sites: list[FluxSite], tmp_path: Path
+) -> None:
+    """An ai-toolkit style file (diffusers names, no ss_ keys) becomes a kohya file with
+    sd-scripts' FLUX.1 module name, not SD's `networks.lora`."""
+    kohya = _write_kohya(tiny_sites, tmp_path / "kohya.safetensors")
+    diffusers = tmp_path / "diffusers.safetensors"
+    save_file(flux_kohya_to_diffusers(_tensors(kohya), tiny_sites, "test"), diffusers)
+    back = tmp_path / "back.safetensors"
+    assert main(["lora", "convert", str(diffusers), str(back), "--to", "kohya"]) == 0
+    with safe_open(str(back), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_network_module"] == "networks.lora_flux"
+    assert metadata["ss_base_model_version"] == "flux1"
 
 
 def test_convert_round_trips_exactly(tiny_sites: list[FluxSite], tmp_path: Path) -> None:

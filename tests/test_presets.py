@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lorakit.cli.main import main
 from lorakit.dataset.scan import scan_dataset
 from lorakit.errors import LorakitError
 from lorakit.training.config import TrainConfig, config_from_dict
 from lorakit.training.presets import PRESETS, apply_preset, dataset_counts
+from tests.helpers.flux import tiny_flux_pipeline, write_flux_files
+from tests.test_train_support import make_concept
 
 
 def _preset(lora_type: str, images: int, **sections: dict) -> tuple[TrainConfig, list[str]]:
@@ -132,3 +135,66 @@ def test_dataset_counts_read_the_kohya_folders(tmp_path: Path) -> None:
     for i in range(3):
         Image.new("RGB", (8, 8)).save(flat / f"{i}.png")
     assert dataset_counts(scan_dataset(flat)) == (3, None)
+
+
+def test_flux1_gets_sd_scripts_settings_and_no_sd_only_key() -> None:
+    config, reasons = _preset("character", 30, model={"family": "flux1"})
+    # Guide 003's character rule, as for SD: 30 images is the recommended size.
+    assert (config.network.rank, config.optimizer.unet_lr) == (64, 1e-4)
+    assert config.optimizer.text_encoder_lr == 0.0  # the transformer only (sd-scripts)
+    assert config.dataset.resolution == 1024
+    t, flux = config.training, config.flux
+    assert (t.mixed_precision, t.gradient_checkpointing, t.cache_text_encoder) == (
+        "bf16",
+        True,
+        True,
+    )
+    assert flux is not None
+    assert (flux.timestep_sampling, flux.flow_shift) == ("shift", 3.1582)
+    assert "guidance" not in flux.model_fields_set  # a schnell model refuses it when set
+    assert not {"min_snr_gamma", "noise_offset", "clip_skip", "prediction"} & t.model_fields_set
+    assert any("--discrete_flow_shift 3.1582" in line for line in reasons)
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_flux1_keeps_the_users_sampling_and_a_frozen_clip_with_prodigy() -> None:
+    config, reasons = _preset(
+        "style",
+        20,
+        model={"family": "flux1"},
+        flux={"timestep_sampling": "sigmoid"},
+        optimizer={"name": "prodigy"},
+    )
+    assert config.flux is not None
+    assert config.flux.timestep_sampling == "sigmoid"
+    assert "flow_shift" not in config.flux.model_fields_set  # only "shift" uses it
+    assert (config.optimizer.unet_lr, config.optimizer.text_encoder_lr) == (1.0, 0.0)
+    assert any(line.startswith("flux.timestep_sampling = sigmoid: kept") for line in reasons)
+
+
+def test_sd_presets_set_no_flux_section() -> None:
+    config, _ = _preset("likeness", 32, model={"family": "sdxl"})
+    assert config.flux is None and config.training.mixed_precision == "fp16"
+
+
+def test_train_preset_dry_run_on_a_flux_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipe = tiny_flux_pipeline("dev")
+    pipe.save_pretrained(tmp_path / "folder")  # the configs of its (tiny) architecture
+    files = write_flux_files(pipe, tmp_path / "files")
+    data = make_concept(tmp_path / "data", count=3)
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'[model]\npath = "{files["transformer"]}"\nclip_l = "{files["clip_l"]}"\n'
+        f't5xxl = "{files["t5xxl"]}"\nae = "{files["ae"]}"\nconfig = "{tmp_path / "folder"}"\n'
+        f'[dataset]\npath = "{data}"\n[saving]\noutput_dir = "{tmp_path / "out"}"\n',
+        encoding="utf-8",
+    )
+    # Without the preset the default fp16 is refused for FLUX.1; the preset picks bf16.
+    assert main(["train", str(toml), "--preset", "character", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "family flux1: detected" in out
+    assert "training.mixed_precision = bf16" in out and "flux.flow_shift = 3.1582" in out
+    assert "VRAM estimate (on a GPU), FLUX.1 dev" in out
+    assert not (tmp_path / "out").exists(), "a dry run writes nothing"

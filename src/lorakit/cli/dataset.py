@@ -61,7 +61,8 @@ def _add_lint(sub: argparse._SubParsersAction) -> None:
         "--family",
         choices=sorted(NATIVE_SIDE),
         default="sd15",
-        help="sets the native size photos should reach: sd15 512, sdxl 1024, tiny 64 px",
+        help="sets the native size photos should reach (sd15 512, sdxl and flux1 1024, tiny "
+        "64 px); flux1 also asks for sentence captions with the trigger inside",
     )
     p.add_argument(
         "--trigger", help="word every caption must contain (default: from an N_trigger folder)"

@@ -12,6 +12,9 @@ score 400–1400, the same photos after a 1 px Gaussian blur 24–70, after 2 px
 Below `BLUR_THRESHOLD` = 60 an image is flagged as blurry. Plain studio backdrops and
 smooth skin lower the score of sharp photos too, so the finding is a warning, never an
 error, and `--blur-threshold` tunes it.
+
+Captions follow the family: SD wants the trigger first and at most 75 CLIP tokens; FLUX.1
+wants sentences with the trigger inside them (`flux_captions`, guide 003).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lorakit.dataset.captions import (
 )
 from lorakit.dataset.choices import BLUR_THRESHOLD, NATIVE_SIDE
 from lorakit.dataset.findings import Finding, Severity
+from lorakit.dataset.flux_captions import flux_caption_findings
 from lorakit.dataset.hashing import (
     ImageHashes,
     exact_duplicate_groups,
@@ -50,6 +54,7 @@ from lorakit.dataset.images import (
 )
 from lorakit.dataset.scan import DatasetScan, ImageRecord, scan_dataset
 from lorakit.errors import LorakitError
+from lorakit.families import FLUX1
 from lorakit.progress import track
 
 ANALYSIS_SIDE = 512
@@ -223,7 +228,11 @@ def _count_finding(count: int) -> Finding:
     )
 
 
-def _caption_findings(records: Sequence[ImageRecord], trigger: str | None) -> list[Finding]:
+def _caption_findings(
+    records: Sequence[ImageRecord], trigger: str | None, family: str
+) -> list[Finding]:
+    """Per-caption checks, and for FLUX.1 the dataset-wide sentence advice
+    (`flux_captions`)."""
     if all(r.caption is None for r in records):
         return [
             Finding(
@@ -234,13 +243,21 @@ def _caption_findings(records: Sequence[ImageRecord], trigger: str | None) -> li
                 "run lorakit caption, or prep to write 'trigger, class' captions",
             )
         ]
+    flux = family == FLUX1.value
+
+    def trigger_for(record: ImageRecord) -> str | None:
+        return trigger or trigger_from_subset(record.subset)
+
     found = []
     for r in records:
-        found += _one_caption(r, trigger or trigger_from_subset(r.subset))
-    return found
+        found += _one_caption(r, trigger_for(r), flux)
+    return found + (flux_caption_findings(records, trigger_for) if flux else [])
 
 
-def _one_caption(record: ImageRecord, trigger: str | None) -> list[Finding]:
+def _one_caption(record: ImageRecord, trigger: str | None, flux: bool) -> list[Finding]:
+    """Missing caption or trigger; for SD, words past CLIP's 75 tokens. FLUX.1 reads the
+    caption with T5 (512 tokens for dev, `lorakit.models.flux.flow.encode_prompts`), so
+    CLIP-L's cut only trims its pooled vector and is not reported."""
     if record.caption is None:
         fix = f"add {record.path.with_suffix('.txt').name} describing the image"
         return [Finding("missing-caption", WARNING, record.path, "has no caption file", fix)]
@@ -253,10 +270,12 @@ def _one_caption(record: ImageRecord, trigger: str | None) -> list[Finding]:
                 WARNING,
                 where,
                 f"caption lacks the trigger word {trigger!r}",
-                f"start the caption with '{trigger}, '",
+                f"put it in the sentence: 'a photo of {trigger} ...'"
+                if flux
+                else f"start the caption with '{trigger}, '",
             )
         )
-    tokens = clip_token_count(record.caption)
+    tokens = 0 if flux else clip_token_count(record.caption)
     if tokens > CLIP_MAX_TOKENS:
         found.append(
             Finding(
@@ -310,7 +329,7 @@ def lint_dataset(
     findings += _similarity_findings(facts)
     findings.append(_count_finding(len(scan.records)))
     readable = [r for r in scan.records if r.path in facts]
-    findings += _caption_findings(readable, trigger) if readable else []
+    findings += _caption_findings(readable, trigger, family.lower()) if readable else []
     findings += _other_file_findings(scan)
     if faces:
         findings += _face_findings(list(facts), native, face_model)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.inference.generate import GenerateOptions, generation_info, render
@@ -122,13 +123,12 @@ def parse_prompt_file(path: Path) -> list[SamplePrompt]:
 
 
 @contextmanager
-def eval_mode(base: BaseModel) -> Iterator[None]:
+def eval_mode(*roots: nn.Module) -> Iterator[None]:
     """Put every module in eval mode and restore each one's own train/eval flag afterwards.
 
     Restoring per submodule keeps whatever mix the trainer set (a frozen text encoder in
     eval beside LoRA layers in train mode).
     """
-    roots = [base.unet, base.vae, *base.text_encoders]
     saved = [(module, module.training) for root in roots for module in root.modules()]
     try:
         for root in roots:
@@ -165,7 +165,11 @@ def generate_samples(
     low_precision = device.type == "cuda" and base.unet.dtype != torch.float32
     rng_devices = [device] if device.type == "cuda" else []
     paths: list[Path] = []
-    with torch.random.fork_rng(devices=rng_devices), eval_mode(base), shown() as board:
+    with (
+        torch.random.fork_rng(devices=rng_devices),
+        eval_mode(base.unet, base.vae, *base.text_encoders),
+        shown() as board,
+    ):
         samples = board.add_task("samples", total=len(prompts))
         for index, sample in enumerate(prompts):
             seed = sample.seed if sample.seed is not None else DEFAULT_SEED + index

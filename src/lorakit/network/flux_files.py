@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1
+from lorakit.models.flux.flow import FlowConfig
 from lorakit.models.flux.model import VARIANTS, empty_flux_model
 from lorakit.network.config import LoRAConfig
 from lorakit.network.detect import is_kohya_format
@@ -35,6 +36,8 @@ from lorakit.network.metadata import base_lora_metadata
 # sd-scripts' `sai_model_spec.py`: IMPL_FLUX, and FLUX.1's training side.
 IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 RESOLUTION = 1024
+# `ss_network_module` of sd-scripts' FLUX.1 LoRAs (`--network_module networks.lora_flux`).
+NETWORK_MODULE = "networks.lora_flux"
 _GROUPS = (
     ("lora_unet_double_blocks_", "double blocks"),
     ("lora_unet_single_blocks_", "single blocks"),
@@ -45,15 +48,36 @@ _GROUPS = (
 
 def flux_lora_metadata(variant: str, config: LoRAConfig, **training: object) -> dict[str, str]:
     """`ss_*` + `modelspec.*` metadata of a FLUX.1 LoRA as sd-scripts writes it:
-    `ss_base_model_version = flux1`, architecture `flux-1-dev/lora` or `flux-1-schnell/lora`.
-    Keyword arguments as for `lora_metadata`. FLUX.1 predicts a flow velocity, neither
+    `ss_base_model_version = flux1`, architecture `flux-1-dev/lora` or `flux-1-schnell/lora`,
+    `ss_network_module = networks.lora_flux`. Keyword arguments as for `lora_metadata`
+    (`flow_metadata` gives the training keys). FLUX.1 predicts a flow velocity, neither
     epsilon nor v, so no `modelspec.prediction_type` is written."""
     if variant not in VARIANTS:
         raise LorakitError(f"FLUX.1 variant {variant!r} unknown; use {' or '.join(VARIANTS)}")
+    training.setdefault("network_module", NETWORK_MODULE)
     architecture = f"flux-1-{variant}/lora"
     meta = base_lora_metadata(FLUX1, architecture, IMPLEMENTATION, RESOLUTION, config, **training)
     meta.pop("modelspec.prediction_type")
     return meta
+
+
+def flow_metadata(flow: FlowConfig) -> dict[str, object]:
+    """The keys sd-scripts' `FluxNetworkTrainer.update_metadata` (flux_train_network.py)
+    writes, for the way lorakit trains: the `[flux]` settings (`ss_timestep_sampling`,
+    `ss_sigmoid_scale`, `ss_discrete_flow_shift`, `ss_guidance_scale`; lorakit's sampling
+    names are sd-scripts' own), and what lorakit always does: predicts the velocity as is
+    (`raw`), weights every σ alike (sd-scripts' default `uniform`) and encodes T5 without an
+    attention mask (`encode_prompts`). sd-scripts' `ss_logit_mean`/`ss_logit_std`/
+    `ss_mode_scale` only tune weighting schemes lorakit does not offer: left out."""
+    return {
+        "ss_timestep_sampling": flow.sampling,
+        "ss_sigmoid_scale": flow.sigmoid_scale,
+        "ss_discrete_flow_shift": flow.flow_shift,
+        "ss_guidance_scale": flow.guidance,
+        "ss_model_prediction_type": "raw",
+        "ss_weighting_scheme": "uniform",
+        "ss_apply_t5_attn_mask": False,
+    }
 
 
 def flux_variant(metadata: Mapping[str, str]) -> str:

@@ -39,8 +39,6 @@ from lorakit.network.lora import config_from_dims
 from lorakit.network.modules import load_module_tensors
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
-# sd-scripts' `ss_network_module` for a FLUX.1 LoRA.
-NETWORK_MODULE = "networks.lora_flux"
 
 
 class FluxLoRAModule(nn.Module):
@@ -232,7 +230,6 @@ class FluxLoRANetwork(nn.Module):
     def metadata(self, **training: object) -> dict[str, str]:
         """sd-scripts' and modelspec metadata for this network (see `flux_lora_metadata`)."""
         config = config_from_dims(module_dims(self.kohya_state_dict()))
-        training.setdefault("network_module", NETWORK_MODULE)
         return flux_lora_metadata(self.variant, config, **training)
 
     def save(

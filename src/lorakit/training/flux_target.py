@@ -29,6 +29,7 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1
+from lorakit.inference.samples import SamplePrompt
 from lorakit.models.flux.detect import detect_flux, folder_variant
 from lorakit.models.flux.flow import (
     FlowConfig,
@@ -45,7 +46,7 @@ from lorakit.models.tensors import read_index
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.flux import is_flux_lora
-from lorakit.network.flux_files import flux_kohya_state
+from lorakit.network.flux_files import flow_metadata, flux_kohya_state
 from lorakit.network.flux_train import FluxLoRANetwork
 from lorakit.training import plan
 from lorakit.training.caching import TextCache
@@ -219,14 +220,14 @@ class FluxTarget:
 
     family = FLUX1
     prediction = None  # a flow velocity: no `ss_prediction_type`, as sd-scripts writes
-    samples = False  # FLUX generation is not wired into lorakit's samples yet
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator) -> None:
         self.config, self.device = config, accelerator.device
         m = config.model
+        self.dtype = weight_dtype(config, accelerator.mixed_precision)
         self.model = load_flux_model(
             m.path,
-            dtype=weight_dtype(config, accelerator.mixed_precision),
+            dtype=self.dtype,
             clip_l=m.clip_l,
             t5xxl=m.t5xxl,
             ae=m.ae,
@@ -312,6 +313,36 @@ class FluxTarget:
     def lora_metadata(self, config: LoRAConfig, **training: object) -> dict[str, str]:
         """sd-scripts' FLUX.1 metadata (`ss_base_model_version = flux1`, modelspec
         `flux-1-dev/lora` or schnell, `ss_fp8_base` as sd-scripts writes it; it has no
-        key for block swap), dims read from the network itself."""
+        key for block swap; the flow settings as `flow_metadata`), dims read from the
+        network itself."""
         fp8 = (self.config.flux or FluxSection()).fp8_base
-        return self.network.metadata(fp8_base=fp8, **training)
+        return self.network.metadata(fp8_base=fp8, **flow_metadata(self.flow), **training)
+
+    def render_samples(
+        self,
+        prompts: Sequence[SamplePrompt],
+        out_dir: Path,
+        *,
+        step: int,
+        epoch: int,
+        name: str,
+        lora: Path | None,
+    ) -> list[Path]:
+        """The prompts through the loaded model and the live network (`lorakit generate`'s
+        FLUX.1 path), the separate encoder/VAE files named in the infotext as it names them."""
+        from lorakit.inference.flux_samples import generate_flux_samples
+
+        m = self.config.model
+        files = {key: getattr(m, key) for key in ("ae", "clip_l", "t5xxl")}
+        return generate_flux_samples(
+            self.model,
+            prompts,
+            out_dir,
+            step=step,
+            epoch=epoch,
+            device=self.device,
+            dtype=self.dtype,
+            name=name,
+            modules={key: Path(value) if value else None for key, value in files.items()},
+            lora=lora,
+        )

@@ -79,8 +79,6 @@ class Trainer:
         target.prepare()
         self.latents = latent_source(config, target.model, self.items, self.out)
         self.outputs = Outputs(config, target, self.items, self.plan, acc, self.state)
-        if config.sampling.prompts and not target.samples:
-            notes.append(f"no samples during training for {target.family.value} yet")
         if config.dataset.color_aug and config.training.cache_latents != "none":
             notes.append("color_aug changes pixels every step: latents are encoded live")
         if start.moved_to is not None:

@@ -164,7 +164,7 @@ class Outputs:
         self.prompts = self._prompts()
 
     def _prompts(self) -> list:
-        if not (self.config.sampling.prompts and self.target.samples):
+        if not self.config.sampling.prompts:
             return []
         from lorakit.inference.samples import parse_prompt_file
 
@@ -194,19 +194,17 @@ class Outputs:
         if force or self.config.saving.save_state:
             self.state.save(self.out)
 
-    def _samples(self, progress: ckpt.Progress) -> None:
+    def _samples(self, progress: ckpt.Progress, lora: Path | None) -> None:
+        """The family's samples (`lora`: the file just written with these weights)."""
         if not (self.prompts and self.main):
             return
-        from lorakit.inference.samples import generate_samples
-
-        generate_samples(
-            self.target.model,
+        self.target.render_samples(
             self.prompts,
             self.out / "samples",
             step=progress.step,
             epoch=progress.epoch,
-            device=self.accelerator.device,
             name=self.name,
+            lora=lora,
         )
 
     def saves_at(self, step: int) -> bool:
@@ -215,12 +213,13 @@ class Outputs:
         return bool(every) and step % every == 0
 
     def after_step(self, progress: ckpt.Progress) -> None:
-        if self.saves_at(progress.step):
+        saved = self.saves_at(progress.step)
+        if saved:
             self.save_lora(ckpt.step_file(self.out, self.name, progress.step), progress)
             self._prune()
             self.save_state()
         if self._samples_due_at_step(progress.step):
-            self._samples(progress)
+            self._samples(progress, self.last_saved if saved else None)
 
     def _samples_due_at_step(self, step: int) -> bool:
         n = self.config.sampling.every_n_steps
@@ -258,7 +257,7 @@ class Outputs:
         # A step that already rendered samples would write the very same files again.
         due = bool(sample_every) and epoch % sample_every == 0
         if due and not self._samples_due_at_step(progress.step):
-            self._samples(progress)
+            self._samples(progress, self.last_saved if saved else None)
         return saved
 
     def _summary(self, epoch: int, step: int, train: float, val: float | None, saved: bool) -> None:

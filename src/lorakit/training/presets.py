@@ -17,7 +17,13 @@ learning rates, and says for each value which guide rule chose it, so `lorakit t
   Prodigy, guide 001 DAdaptAdam);
 - by family: the text-encoder LR is half the U-Net LR for SD1.5 (lorakit's default ratio)
   and a tenth for SDXL (guide 000's CivitAI SDXL settings), and the resolution is the
-  family's native size (guide 003: "match your base model").
+  family's native size (guide 003: "match your base model");
+- FLUX.1 only (`FLUX_SETTINGS`): what sd-scripts' FLUX.1 guide (docs/flux_train_network.md)
+  trains with: bf16, gradient checkpointing, cached text-encoder outputs, and its
+  "recommended settings" `--timestep_sampling shift --discrete_flow_shift 3.1582`. Its
+  example's `--learning_rate 1e-4` with AdamW8bit is guide 003's first-attempt rate, so the
+  LR rule is shared. No preset sets an SD-only key (min-SNR, noise offset, clip skip), which
+  a FLUX.1 run refuses.
 
 Values the user set in the config (or an import) are kept; the reason line says so.
 """
@@ -37,8 +43,8 @@ from lorakit.dataset.plan import (
 )
 from lorakit.dataset.scan import DatasetScan
 from lorakit.errors import LorakitError
-from lorakit.families import NATIVE_SIDE
-from lorakit.training.config import TrainConfig
+from lorakit.families import FLUX1, NATIVE_SIDE
+from lorakit.training.config import FluxSection, TrainConfig
 
 STEPS_PER_IMAGE = 100
 EPOCH_RANGE = (5, 10)
@@ -96,6 +102,41 @@ TE_LR_RATIO = {
     "flux1": (0.0, "CLIP-L not trained: sd-scripts' FLUX.1 README trains the transformer only"),
 }
 
+# FLUX.1 settings and their source; the timestep sampling is chosen first, the shift only
+# applies to "shift" sampling. `flux.guidance` is left alone: its default is already the
+# README's 1.0, and a schnell model refuses it when set.
+_SD_SCRIPTS_FLUX = "sd-scripts' FLUX.1 guide"  # kohya-ss/sd-scripts docs/flux_train_network.md
+FLUX_SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    (
+        "training.mixed_precision",
+        "bf16",
+        "FLUX.1 overflows in fp16 (a FLUX.1 run refuses it); sd-scripts' FLUX.1 README "
+        "command trains with --mixed_precision bf16",
+    ),
+    ("training.gradient_checkpointing", True, f"{_SD_SCRIPTS_FLUX}: --gradient_checkpointing"),
+    (
+        "training.cache_text_encoder",
+        True,
+        f"{_SD_SCRIPTS_FLUX}: --cache_text_encoder_outputs (T5-XXL stays out of the steps)",
+    ),
+    (
+        "flux.timestep_sampling",
+        "shift",
+        f"recommended settings of {_SD_SCRIPTS_FLUX}: --timestep_sampling shift",
+    ),
+)
+FLUX_SHIFT = (
+    "flux.flow_shift",
+    3.1582,
+    f"recommended settings of {_SD_SCRIPTS_FLUX}: --discrete_flow_shift 3.1582",
+)
+
+
+def _section(config: TrainConfig, name: str) -> Any:
+    """A config section; `[flux]`, the only optional one, is its defaults when absent."""
+    section = getattr(config, name)
+    return FluxSection() if section is None and name == "flux" else section
+
 
 class _Choices:
     """Collects preset values and reasons; the user's explicit settings win."""
@@ -108,7 +149,7 @@ class _Choices:
 
     def user_value(self, dotted: str) -> Any:
         section_name, key = dotted.split(".")
-        section = getattr(self.config, section_name)
+        section = _section(self.config, section_name)
         return getattr(section, key) if key in section.model_fields_set else None
 
     def choose(self, dotted: str, value: Any, why: str) -> Any:
@@ -126,7 +167,7 @@ class _Choices:
 
     def build(self) -> TrainConfig:
         sections = {
-            name: getattr(self.config, name).model_copy(update=values)
+            name: _section(self.config, name).model_copy(update=values)
             for name, values in self.updates.items()
         }
         return self.config.model_copy(update=sections)
@@ -221,7 +262,10 @@ def _learning_rates(choices: _Choices, rule: TypeRule, images: int, family: str)
     if optimizer in ADAPTIVE_OPTIMIZERS:
         why = f"{optimizer} sets its own step size; its LR is a multiplier of 1 (guides 001, 003)"
         choices.choose("optimizer.unet_lr", 1.0, why)
-        choices.choose("optimizer.text_encoder_lr", 1.0, why)
+        # A family whose text encoder does not train (FLUX.1) keeps it frozen.
+        frozen = not TE_LR_RATIO[family][0]
+        te_why = TE_LR_RATIO[family][1] if frozen else why
+        choices.choose("optimizer.text_encoder_lr", 0.0 if frozen else 1.0, te_why)
         return
     small = images < rule.recommended_images
     unet = choices.choose(
@@ -264,7 +308,19 @@ def apply_preset(
         NATIVE_SIDE[family],
         f"native size of {family} (guide 003: match your base model, 512 or 1024)",
     )
+    if family == FLUX1.value:
+        _flux_settings(choices)
     return choices.build(), choices.reasons
+
+
+def _flux_settings(choices: _Choices) -> None:
+    """FLUX_SETTINGS, and the flow shift when the sampling is "shift"."""
+    sampling = None
+    for dotted, value, why in FLUX_SETTINGS:
+        chosen = choices.choose(dotted, value, why)
+        sampling = chosen if dotted == "flux.timestep_sampling" else sampling
+    if sampling == "shift":
+        choices.choose(*FLUX_SHIFT)
 
 
 def dataset_counts(scan: DatasetScan) -> tuple[int, int | None]:

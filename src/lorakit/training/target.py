@@ -21,6 +21,7 @@ from torch import nn
 
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1, ModelFamily
+from lorakit.inference.samples import SamplePrompt, generate_samples
 from lorakit.models import detect_family
 from lorakit.network.config import LoRAConfig
 from lorakit.network.metadata import lora_metadata
@@ -59,7 +60,6 @@ class TrainTarget(Protocol):
     denoiser: nn.Module  # the UNet or the transformer (train/eval, thread choice)
     objective: ValidationObjective
     prediction: str | None  # `ss_prediction_type` (None: not written)
-    samples: bool  # whether sample images can be rendered during training
 
     def inject(self) -> None: ...
 
@@ -77,11 +77,23 @@ class TrainTarget(Protocol):
 
     def lora_metadata(self, config: LoRAConfig, **training: object) -> dict[str, str]: ...
 
+    def render_samples(
+        self,
+        prompts: Sequence[SamplePrompt],
+        out_dir: Path,
+        *,
+        step: int,
+        epoch: int,
+        name: str,
+        lora: Path | None,
+    ) -> list[Path]:
+        """The sample PNGs of `prompts` with the LoRA being trained (`lora`: the file just
+        written with these weights, if any), training state left as found."""
+        ...
+
 
 class SDTarget:
     """SD1.5/SDXL (and the tiny model): the UNet path, exactly as the loop ran it."""
-
-    samples = True
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator) -> None:
         self.config, self.device = config, accelerator.device
@@ -129,6 +141,21 @@ class SDTarget:
 
     def lora_metadata(self, config: LoRAConfig, **training: object) -> dict[str, str]:
         return lora_metadata(self.family, config, **training)
+
+    def render_samples(
+        self,
+        prompts: Sequence[SamplePrompt],
+        out_dir: Path,
+        *,
+        step: int,
+        epoch: int,
+        name: str,
+        lora: Path | None,
+    ) -> list[Path]:
+        """sd-scripts-style samples; their infotext stays as it always was (no `lora`)."""
+        return generate_samples(
+            self.model, prompts, out_dir, step=step, epoch=epoch, device=self.device, name=name
+        )
 
 
 def _family(config: TrainConfig) -> ModelFamily:
