@@ -35,17 +35,15 @@ from lorakit.inference.generate import (
 )
 from lorakit.inference.metadata import GenerationInfo, lora_short_hash
 from lorakit.inference.prompt import LoraRef, lora_tag, parse_prompt
-from lorakit.models.flux.detect import detect_flux, folder_variant
+from lorakit.models.flux.detect import checked_variant
 from lorakit.models.flux.loader import load_flux_model
 from lorakit.models.flux.model import FluxModel
-from lorakit.models.tensors import read_index
 from lorakit.network.files import load_lora_file, module_dims
 from lorakit.network.flux import CLIP_PREFIX, is_flux_lora
 from lorakit.network.flux_files import flux_kohya_state
 from lorakit.network.flux_train import FluxLoRANetwork
 from lorakit.network.kinds import refuse_lycoris
 from lorakit.progress import shown
-from lorakit.training.flux_target import FLUX_FILES
 
 # Forge's FLUX preset: Euler on the "Simple" schedule, 20 steps for dev, distilled guidance
 # 3.5 and CFG 1; schnell is distilled to 4 steps (BFL's and diffusers' schnell examples).
@@ -74,21 +72,16 @@ class FluxOptions:
 def check_flux_files(path: Path, clip_l: Path | None, t5xxl: Path | None, ae: Path | None) -> str:
     """The variant, once every file the load will need was found (headers only), before
     minutes of loading."""
-    path = Path(path).expanduser()
-    given = {"clip_l": clip_l, "t5xxl": t5xxl, "ae": ae}
-    for key, value in given.items():
-        if value is not None and not Path(value).expanduser().is_file():
-            raise LorakitError(f"--{key.replace('_', '-')} {value}: no such file; check the path")
-    if path.is_dir():
-        return folder_variant(path)
-    layout = detect_flux(path, read_index(path))
-    for key, (part, what) in FLUX_FILES.items():
-        if not getattr(layout, part) and given[key] is None:
-            raise LorakitError(
-                f"{path}: a {layout.name} transformer file without the {what} weights; "
-                f"pass --{key.replace('_', '-')} with its file (e.g. {key}.safetensors)"
-            )
-    return layout.variant
+
+    def option(key: str) -> str:
+        return "--" + key.replace("_", "-")
+
+    return checked_variant(
+        path,
+        {"clip_l": clip_l, "t5xxl": t5xxl, "ae": ae},
+        named=lambda key, value: f"{option(key)} {value}",
+        fix=lambda key: f"pass {option(key)} with its file",
+    )
 
 
 def refuse_guidance(variant: str, guidance: float | None, source: Path) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from lorakit.errors import LorakitError
 from lorakit.families import FLUX1
 from lorakit.inference.samples import SamplePrompt
-from lorakit.models.flux.detect import detect_flux, folder_variant
+from lorakit.models.flux.detect import FLUX_FILES, checked_variant
 from lorakit.models.flux.flow import (
     FlowConfig,
     add_noise,
@@ -42,7 +42,6 @@ from lorakit.models.flux.flow import (
 from lorakit.models.flux.loader import load_flux_model
 from lorakit.models.flux.memory import BlockSwap, swap_split, to_fp8_base
 from lorakit.models.flux.model import bundled_flux_dir
-from lorakit.models.tensors import read_index
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.flux import is_flux_lora
@@ -58,8 +57,6 @@ from lorakit.training.vram import flux_table
 
 # VAE 8× down, then 2×2 patches: image sides must be multiples of 16 px.
 PIXEL_MULTIPLE = 16
-# `model.<key>`: (FluxLayout field, what it holds) of the files a BFL transformer lacks.
-FLUX_FILES = {"clip_l": ("clip", "CLIP-L"), "t5xxl": ("t5", "T5-XXL"), "ae": ("vae", "VAE")}
 
 
 def flow_config(config: TrainConfig) -> FlowConfig:
@@ -76,21 +73,12 @@ def flow_config(config: TrainConfig) -> FlowConfig:
 def _check_files(config: TrainConfig) -> str:
     """The variant, after every file the load will need was found (headers only)."""
     model = config.model
-    for key in FLUX_FILES:
-        value = getattr(model, key)
-        if value and not Path(value).expanduser().is_file():
-            raise LorakitError(f"model.{key} = {value}: no such file; check the path")
-    path = Path(model.path).expanduser()
-    if path.is_dir():
-        return folder_variant(path)
-    layout = detect_flux(path, read_index(path))
-    for key, (part, what) in FLUX_FILES.items():
-        if not getattr(layout, part) and not getattr(model, key):
-            raise LorakitError(
-                f"{path}: a {layout.name} transformer file without the {what} weights; "
-                f"set model.{key} to its file (e.g. {key}.safetensors)"
-            )
-    return layout.variant
+    return checked_variant(
+        Path(model.path),
+        {key: getattr(model, key) for key in FLUX_FILES},
+        named=lambda key, value: f"model.{key} = {value}",
+        fix=lambda key: f"set model.{key} to its file",
+    )
 
 
 def _check_settings(config: TrainConfig, variant: str) -> None:

@@ -23,12 +23,13 @@ from lorakit.errors import LorakitError
 from lorakit.families import FLUX1, ModelFamily
 from lorakit.inference.samples import SamplePrompt, generate_samples
 from lorakit.models import detect_family
+from lorakit.models.flux.detect import FLUX_FILES
 from lorakit.network.config import LoRAConfig
 from lorakit.network.metadata import lora_metadata
 from lorakit.training import plan
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import TrainItem
-from lorakit.training.flux_target import FLUX_FILES, FluxTarget, flux_dry_run, resolve_flux
+from lorakit.training.flux_target import FluxTarget, flux_dry_run, resolve_flux
 from lorakit.training.objective import Objective
 from lorakit.training.runtime import (
     inject,

@@ -7,15 +7,19 @@ tools (Fill, Depth: wider `img_in`), which lorakit does not train.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lorakit.errors import LorakitError
 from lorakit.models.components import read_json
 from lorakit.models.family import FAMILY_NAMES, family_from_keys
 from lorakit.models.flux.keys import TEXT_TO_IMAGE_CHANNELS, TOOLS, FluxLayout, Shaped, flux_layout
+from lorakit.models.tensors import read_index
 
 FLUX_PIPELINE = "FluxPipeline"
+# The files a BFL transformer file lacks: key (as `load_flux_model` takes it) → (FluxLayout
+# field, what it holds).
+FLUX_FILES = {"clip_l": ("clip", "CLIP-L"), "t5xxl": ("t5", "T5-XXL"), "ae": ("vae", "VAE")}
 
 
 def detect_flux(path: Path, index: Mapping[str, Shaped]) -> FluxLayout:
@@ -56,3 +60,31 @@ def folder_variant(folder: Path) -> str:
             f"{folder}: an image-conditioned FLUX.1 model; use FLUX.1 dev or schnell"
         )
     return "dev" if transformer.get("guidance_embeds") else "schnell"
+
+
+def checked_variant(
+    path: Path,
+    given: Mapping[str, object],
+    named: Callable[[str, object], str],
+    fix: Callable[[str], str],
+) -> str:
+    """The variant of the FLUX.1 model at `path`, once every file its load will need was
+    found (headers only, before minutes of loading). `given`: the FLUX_FILES keys' paths
+    (None or empty: not given); `named(key, value)` and `fix(key)` word the one-line
+    errors the way the caller's options are spelt (`model.t5xxl = …` in a config,
+    `--t5xxl …` on the command line)."""
+    for key in FLUX_FILES:
+        value = given.get(key)
+        if value and not Path(str(value)).expanduser().is_file():
+            raise LorakitError(f"{named(key, value)}: no such file; check the path")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return folder_variant(path)
+    layout = detect_flux(path, read_index(path))
+    for key, (part, what) in FLUX_FILES.items():
+        if not getattr(layout, part) and not given.get(key):
+            raise LorakitError(
+                f"{path}: a {layout.name} transformer file without the {what} weights; "
+                f"{fix(key)} (e.g. {key}.safetensors)"
+            )
+    return layout.variant
