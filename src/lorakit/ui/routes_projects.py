@@ -57,13 +57,17 @@ def _image_count(folder: Path) -> int:
 
 @router.get("/browse", response_class=HTMLResponse)
 def browse(request: Request, path: str = "") -> HTMLResponse:
-    """Subfolders of a folder inside the roots (hidden ones left out)."""
+    """Subfolders of a folder inside the roots.
+
+    Hidden folders and links that lead outside the roots are left out: listing a link would
+    show (and count images in) a folder the UI refuses to open.
+    """
     ui = ui_of(request)
     here = ui.roots.existing_folder(path or ui.roots.folders[0])
     subfolders = [
         {"name": p.name, "path": str(p), "images": _image_count(p)}
         for p in sorted(here.iterdir())
-        if p.is_dir() and not p.name.startswith(".")
+        if p.is_dir() and not p.name.startswith(".") and ui.roots.contains(p)
     ]
     parent = (
         here.parent if here not in ui.roots.folders and ui.roots.contains(here.parent) else None
