@@ -98,6 +98,13 @@ def test_loss_falls_and_the_file_is_a_kohya_flux1_lora(full: Path) -> None:
     assert metadata["ss_base_model_version"] == "flux1"
     assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
     assert metadata["ss_network_module"] == "networks.lora_flux"
+    sd_only = (
+        "ss_clip_skip",
+        "ss_noise_offset",
+        "ss_v_parameterization",
+        "modelspec.encoder_layer",
+    )
+    assert not set(sd_only) & set(metadata)
     flow = {k: metadata[k] for k in ("ss_model_prediction_type", "ss_timestep_sampling")}
     assert flow == {"ss_model_prediction_type": "raw", "ss_timestep_sampling": "shift"}
     assert (metadata["ss_discrete_flow_shift"], metadata["ss_guidance_scale"]) == ("3.0", "1.0")

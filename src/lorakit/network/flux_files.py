@@ -38,6 +38,9 @@ IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 RESOLUTION = 1024
 # `ss_network_module` of sd-scripts' FLUX.1 LoRAs (`--network_module networks.lora_flux`).
 NETWORK_MODULE = "networks.lora_flux"
+# SD's noise-prediction settings: FLUX.1 training refuses them, so their SD defaults would
+# only claim a CLIP skip (modelspec.encoder_layer) and noise offset the run never had.
+SD_ONLY_KEYS = ("clip_skip", "noise_offset", "min_snr_gamma", "v_parameterization")
 _GROUPS = (
     ("lora_unet_double_blocks_", "double blocks"),
     ("lora_unet_single_blocks_", "single blocks"),
@@ -55,6 +58,9 @@ def flux_lora_metadata(variant: str, config: LoRAConfig, **training: object) -> 
     if variant not in VARIANTS:
         raise LorakitError(f"FLUX.1 variant {variant!r} unknown; use {' or '.join(VARIANTS)}")
     training.setdefault("network_module", NETWORK_MODULE)
+    for key in SD_ONLY_KEYS:
+        training.pop(key, None)
+        training.pop(f"ss_{key}", None)
     architecture = f"flux-1-{variant}/lora"
     meta = base_lora_metadata(FLUX1, architecture, IMPLEMENTATION, RESOLUTION, config, **training)
     meta.pop("modelspec.prediction_type")

@@ -2,7 +2,9 @@
 
 Every input is checked as the CLI checks it (sampler name, `<lora:…>` tags resolved in the
 run folder, an img2img start image decoded) before a job is queued; the images carry A1111
-infotext, which the gallery reads back with `lorakit png-info`'s reader.
+infotext, which the gallery reads back with `lorakit png-info`'s reader. A FLUX.1 run gets
+FLUX's form (steps and dev's distilled guidance; no sampler, CFG, negative or img2img, which
+`generate` refuses for FLUX.1) and the component files its run was trained with.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from lorakit.errors import LorakitError
+from lorakit.families import FLUX1
 from lorakit.inference.metadata import read_parameters
 from lorakit.inference.prompt import parse_prompt
 from lorakit.inference.samplers import SAMPLERS, canonical_sampler_name
+from lorakit.training.config import load_config
 from lorakit.ui.app import redirect, ui_of
 from lorakit.ui.projects import Project
 from lorakit.ui.routes_jobs import confined_file
 from lorakit.ui.routes_projects import check_upload
-from lorakit.ui.routes_results import base_model
+from lorakit.ui.routes_results import base_model, run_summary
 
 router = APIRouter()
 
@@ -39,6 +43,16 @@ def default_prompt(project: Project) -> str:
     return f"<lora:{project.lora_name}:1> {words}".strip()
 
 
+def flux_arguments(project: Project) -> list[str] | None:
+    """`--clip-l/--t5xxl/--ae/--config` of a FLUX.1 run, from its config.toml; None for SD."""
+    if run_summary(project).get("family") != FLUX1.value:
+        return None
+    model = load_config(project.out / "config.toml").model
+    given = {"--clip-l": model.clip_l, "--t5xxl": model.t5xxl, "--ae": model.ae}
+    given["--config"] = model.config
+    return [part for flag, value in given.items() if value for part in (flag, value)]
+
+
 @router.get("/p/{project_id}/generate", response_class=HTMLResponse)
 def generate_page(request: Request, project_id: int) -> HTMLResponse:
     ui = ui_of(request)
@@ -50,6 +64,7 @@ def generate_page(request: Request, project_id: int) -> HTMLResponse:
         stage="generate",
         prompt=default_prompt(project),
         samplers=list(SAMPLERS),
+        flux=flux_arguments(project) is not None,
         images=gallery(project),
         job=ui.jobs.latest(project.id, "generate"),
     )
@@ -66,6 +81,16 @@ def _number(text: str, name: str, kind: type = int) -> str | None:
     return text
 
 
+def _numbers(fields: list[tuple[str, str, type]]) -> list[str]:
+    """`--flag value` for each field filled in, each checked to be a number of its kind."""
+    argv = []
+    for flag, text, kind in fields:
+        value = _number(text, flag.lstrip("-"), kind)
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
 @router.post("/p/{project_id}/generate")
 async def generate(
     request: Request,
@@ -79,23 +104,23 @@ async def generate(
     width: str = Form(""),
     height: str = Form(""),
     strength: str = Form("0.75"),
+    guidance: str = Form(""),
     init_image: UploadFile | None = None,
 ) -> Response:
     ui = ui_of(request)
     project = ui.projects.get(project_id)
     argv = ["generate", prompt, "--model", base_model(project), "--lora-dir", str(project.out)]
-    argv += ["--out", str(project.generated), "--sampler", canonical_sampler_name(sampler)]
+    argv += ["--out", str(project.generated)]
     parse_prompt(prompt, project.out)
-    for flag, text, kind in (
-        ("--steps", steps, int),
-        ("--cfg", cfg, float),
-        ("--seed", seed, int),
-        ("--width", width, int),
-        ("--height", height, int),
-    ):
-        value = _number(text, flag.lstrip("-"), kind)
-        if value is not None:
-            argv += [flag, value]
+    numbers = [("--steps", steps, int), ("--seed", seed, int)]
+    numbers += [("--width", width, int), ("--height", height, int)]
+    flux = flux_arguments(project)
+    if flux is not None:
+        argv += [*flux, *_numbers([*numbers, ("--guidance", guidance, float)])]
+        job = ui.jobs.submit(project.id, "generate", argv, {"cwd": str(project.work)})
+        return redirect(f"/jobs/{job.id}")
+    argv += ["--sampler", canonical_sampler_name(sampler)]
+    argv += _numbers([*numbers, ("--cfg", cfg, float)])
     if negative.strip():
         argv += ["--negative", negative]
     if init_image is not None and init_image.filename:
