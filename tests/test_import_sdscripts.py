@@ -222,6 +222,33 @@ def test_additional_parameters_override_lrs_and_freeze_parts(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
+    ("settings", "mode"),
+    [
+        ({"sdxl": True, "sdxl_cache_text_encoder_outputs": True}, "memory"),
+        ({"sdxl": True, "sdxl_cache_text_encoder_outputs": False}, "none"),
+        ({"additional_parameters": "--cache_text_encoder_outputs_to_disk"}, "disk"),
+        (
+            {
+                "sdxl": True,
+                "sdxl_cache_text_encoder_outputs": False,
+                "additional_parameters": "--cache_text_encoder_outputs_to_disk",
+            },
+            "disk",  # sd-scripts: to_disk turns the cache on
+        ),
+        ({"flux1_cache_text_encoder_outputs_to_disk": True}, "disk"),
+        ({"flux1_cache_text_encoder_outputs_to_disk": False}, "memory"),
+    ],
+)
+def test_text_encoder_caching_to_disk_imports_as_the_disk_cache(
+    tmp_path: Path, settings: dict[str, object], mode: str
+) -> None:
+    config, notes = _imported(_kohya(tmp_path, network_dim=8, **settings))
+    assert config.training.cache_text_encoder == mode
+    dropped = [n for n in notes if "cache_text_encoder" in n and ("unknown" in n or "not " in n)]
+    assert not dropped, notes  # read, not named as ignored
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ("d_coef=2", "must start with an --option"),

@@ -90,7 +90,7 @@ def test_sdxl_fixture_trains_the_unet_only_and_keeps_its_step_cap() -> None:
     assert config.model.family == "sdxl"
     assert config.optimizer.unet_lr == 0.001
     assert config.optimizer.text_encoder_lr == 0.0  # kohya: text_encoder_lr 0 → U-Net only
-    assert config.training.cache_text_encoder is True
+    assert config.training.cache_text_encoder == "memory"
     assert config.training.max_train_steps == 1600
     assert config.training.cache_latents == "disk"
     assert config.training.min_snr_gamma == 10.0

@@ -19,8 +19,10 @@ from lorakit.inference.grid import (
     file_columns,
     make_grid,
 )
+from lorakit.inference.grid_render import SDGridRenderer
 from lorakit.inference.layout import BEST_FILL, Axes, compose_block
 from lorakit.inference.lossplot import plot_loss
+from lorakit.inference.metadata import parse_parameters, read_parameters
 from lorakit.inference.pick import analyse
 from lorakit.inference.prompt import LoraRef
 from lorakit.models import load_base_model
@@ -110,6 +112,17 @@ def test_grid_cells_labels_and_loss_png(run_dir: Path, tiny_sd15_dir: Path) -> N
     assert blocks.shape[0] > 2 * (header_h + 2 * CELL) - header_h
     cat = cell(blocks, label_w, blocks.shape[0] - 2 * CELL, 0, 0)
     assert not np.array_equal(cat, expected), "the bottom block should show the replaced prompt"
+    info = parse_parameters(read_parameters(stacked))  # A1111's X/Y/Z plot keys parse back
+    assert (info.sampler, info.steps, info.seed) == ("Euler a", 2, 4)
+    axes = {key: value for key, value in info.extra.items() if key[1:] in (" Type", " Values")}
+    assert axes == {
+        "X Type": "epoch",
+        "X Values": "2",
+        "Y Type": "LoRA weight",
+        "Y Values": "0, 1",
+        "Z Type": "Prompt S/R",
+        "Z Values": "dog, cat",
+    }
 
 
 @pytest.mark.parametrize("cell_size", [64, 512])
@@ -200,8 +213,9 @@ def test_pick_on_a_folder_without_summary(tmp_path: Path, capsys) -> None:
 def test_grid_cells_have_the_requested_size(run_dir: Path, tiny_sd15_dir: Path) -> None:
     base = load_base_model(tiny_sd15_dir)
     lora = run_dir / "run-000001.safetensors"
-    spec = GridSpec("sks", [GridColumn("1", lora)], weights=[0.5], width=128, height=64, steps=1)
-    grid = make_grid(base, spec, run_dir / "wide.png")
+    spec = GridSpec("sks", [GridColumn("1", lora)], weights=[0.5])
+    settings = GenerateOptions(prompt="sks", width=128, height=64, steps=1)
+    grid = make_grid(SDGridRenderer(base, settings), spec, run_dir / "wide.png")
     with Image.open(grid) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
     options = GenerateOptions(prompt="sks", width=128, height=64, steps=1, seed=spec.seed)

@@ -34,9 +34,11 @@ def flux_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _write_kohya(sites: list[FluxSite], path: Path, alpha: float = RANK, rank: int = RANK) -> Path:
+def _write_kohya(
+    sites: list[FluxSite], path: Path, alpha: float = RANK, rank: int = RANK, seed: int = 0
+) -> Path:
     """A trained-looking kohya FLUX.1 LoRA, with the metadata lorakit writes for FLUX.1 dev."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     state = {}
     for site in sites:
         state[f"{site.name}.lora_down.weight"] = torch.randn(
@@ -228,3 +230,43 @@ def test_bad_input_is_one_line(
     assert main(["lora", "verify", str(sd), "--base", "flux1"]) == 2
     assert _error_line(capsys).endswith("--base flux1 takes FLUX.1 LoRAs; this one is not")
     assert not Path(out).exists()
+
+
+def _deltas(path: Path) -> dict[str, torch.Tensor]:
+    """ΔW per module: up @ down × alpha / rank."""
+    state = _tensors(path)
+    names = {key.split(".", 1)[0] for key in state}
+    return {
+        name: state[f"{name}.lora_up.weight"].double()
+        @ state[f"{name}.lora_down.weight"].double()
+        * (float(state[f"{name}.alpha"]) / state[f"{name}.lora_down.weight"].shape[0])
+        for name in names
+    }
+
+
+def test_merge_and_resize_keep_a_flux_file_s_update(
+    tiny_sites: list[FluxSite], flux_folder: Path, tmp_path: Path
+) -> None:
+    """Merging two FLUX.1 files adds their weighted updates exactly; resizing to the merged
+    rank keeps them; the result is still sd-scripts' FLUX.1 file and loads on the model."""
+    a = _write_kohya(tiny_sites, tmp_path / "a.safetensors")
+    b = _write_kohya(tiny_sites, tmp_path / "b.safetensors", alpha=2.0, seed=1)
+    merged, resized = tmp_path / "merged.safetensors", tmp_path / "resized.safetensors"
+    assert (
+        main(["lora", "merge", "--lora", f"{a}:0.7", "--lora", f"{b}:-0.3", "--out", str(merged)])
+        == 0
+    )
+    assert main(["lora", "resize", str(merged), str(resized), "--rank", str(2 * RANK)]) == 0
+    expected = {n: 0.7 * d - 0.3 * _deltas(b)[n] for n, d in _deltas(a).items()}
+    for path in (merged, resized):
+        got = _deltas(path)
+        assert got.keys() == expected.keys()
+        for name, delta in expected.items():
+            assert torch.allclose(got[name], delta, atol=1e-4), (path.name, name)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        assert metadata["ss_base_model_version"] == "flux1"
+        assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
+        assert metadata["ss_network_module"] == "networks.lora_flux"
+        assert metadata["ss_network_dim"] == str(2 * RANK)
+    assert main(["lora", "verify", str(resized), "--base", str(flux_folder)]) == 0

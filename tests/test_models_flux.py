@@ -20,6 +20,7 @@ from lorakit.models.flux.convert import bfl_to_diffusers, transformer_rules
 from lorakit.models.flux.detect import detect_flux, folder_variant
 from lorakit.models.flux.keys import T5_PREFIX, flux_layout
 from lorakit.models.flux.loader import load_flux_model
+from lorakit.models.flux.memory import block_linears
 from lorakit.models.flux.model import (
     FluxModel,
     bundled_flux_dir,
@@ -161,7 +162,8 @@ def test_fp8_all_in_one_loads_widened_to_bf16(
     offline: None,  # noqa: F811
 ) -> None:
     """An fp8 download (transformer and T5 in float8 e4m3fn) loads each weight as the
-    stored fp8 value, widened exactly to bf16."""
+    stored fp8 value, widened exactly to bf16; with `fp8_base` the transformer's block
+    weights stay the stored float8 values (the rest widened as without it)."""
     reference = DiffusionPipeline.from_pretrained(flux["folder"], local_files_only=True)
     fp8 = write_all_in_one(
         reference, tmp_path / "fp8.safetensors", fp8_prefixes=(TRANSFORMER_PREFIX, T5_PREFIX)
@@ -173,6 +175,13 @@ def test_fp8_all_in_one_loads_widened_to_bf16(
         for key, value in theirs.state_dict().items():
             expected = value.to(dtype).to(torch.bfloat16) if dtype else value.to(torch.bfloat16)
             assert torch.equal(mine_state[key], expected), key
+    streamed = load_flux_model(fp8, dtype=torch.bfloat16, config=flux["folder"], fp8_base=True)
+    kept = {f"{name}.weight" for name in block_linears(reference.transformer)}
+    state = streamed.transformer.state_dict()
+    for key, value in reference.transformer.state_dict().items():
+        want = torch.float8_e4m3fn if key in kept else torch.bfloat16
+        assert state[key].dtype == want, key
+        assert torch.equal(state[key].to(torch.bfloat16), value.to(stored[0]).to(torch.bfloat16))
 
 
 def test_folder_loads_in_the_asked_dtype(flux: dict[str, Path], offline: None) -> None:  # noqa: F811

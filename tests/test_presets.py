@@ -147,7 +147,7 @@ def test_flux1_gets_sd_scripts_settings_and_no_sd_only_key() -> None:
     assert (t.mixed_precision, t.gradient_checkpointing, t.cache_text_encoder) == (
         "bf16",
         True,
-        True,
+        "memory",
     )
     assert flux is not None
     assert (flux.timestep_sampling, flux.flow_shift) == ("shift", 3.1582)

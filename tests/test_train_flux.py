@@ -7,6 +7,7 @@ missing T5 file, FLUX settings on an SD model) is one line each."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
 from lorakit.cli.main import main
+from lorakit.inference.pick import FLUX_NOTE, MAX_BLEED
+from lorakit.inference.run import load_summary
+from lorakit.inference.signals import SIGNALS, measure_epochs
 from lorakit.models.flux.flow import FlowConfig, encode_prompts, predict_velocity
 from lorakit.network.files import load_lora_file
 from lorakit.network.flux_train import FluxLoRANetwork
@@ -277,11 +281,30 @@ def test_flux_sd_only_settings_are_one_line(
     assert "overflows in fp16" in err and "bf16" in err
 
 
-def test_pick_falls_back_to_the_loss_for_a_flux_run(full: Path) -> None:
-    assert main(["pick", str(full)]) == 0
+def test_pick_measures_the_signals_of_a_flux_run(full: Path) -> None:
+    assert main(["pick", str(full), "--device", "cpu"]) == 0
     report = json.loads((full / "summary.json").read_text(encoding="utf-8"))["pick"]
-    assert report["best_epoch"] == EPOCHS and report["signals"] == []
-    assert any("FLUX.1 signals are not supported yet" in line for line in report["advice"])
+    assert [s["epoch"] for s in report["signals"]] == list(range(1, EPOCHS + 1))
+    for figures in report["signals"]:
+        assert all(math.isfinite(figures[name]) for name in SIGNALS), figures
+    assert report["decided_by"] in SIGNALS and report["max_bleed"] == MAX_BLEED
+    assert report["advice"][0].startswith(f"best epoch {report['best_epoch']}: ")
+    assert report["advice"][-1] == FLUX_NOTE
+
+
+def test_flux_signals_of_a_lora_that_changes_nothing_are_zero(full: Path, tmp_path: Path) -> None:
+    trained = full / "tiny.safetensors"
+    state, metadata = load_lora_file(trained)
+    nothing = {
+        k: torch.zeros_like(v) if k.endswith(".lora_up.weight") else v for k, v in state.items()
+    }
+    save_file(nothing, tmp_path / "nothing.safetensors", metadata)
+    files = [(0, tmp_path / "nothing.safetensors"), (EPOCHS, trained)]
+    measured = measure_epochs(full, load_summary(full), files, "cpu").per_epoch
+    # Zero lora_up: pictures and predictions are the base's, so no change either way.
+    assert measured[0] == pytest.approx({"fidelity": 0.0, "bleed": 0.0}, abs=1e-6)
+    assert all(math.isfinite(measured[EPOCHS][name]) for name in SIGNALS)
+    assert abs(measured[EPOCHS]["fidelity"]) > 1e-3 and measured[EPOCHS]["bleed"] > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -295,7 +318,7 @@ def test_sd_only_commands_refuse_flux_in_one_line(
 ) -> None:
     paths = {**{key: str(value) for key, value in flux.items()}, "out": str(tmp_path)}
     err = _one_line_error([part.format(**paths) for part in command], capsys)
-    assert "FLUX grids and merges are not supported yet" in err
+    assert "merging a LoRA into a FLUX model and extracting one" in err
 
 
 def test_flux_section_defaults_are_flow_configs() -> None:

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lorakit.cli.main import main
+from lorakit.errors import LorakitError
 from lorakit.models.flux.loader import load_flux_model
 from lorakit.models.flux.memory import FP8, BlockSwap, Fp8Linear, parameter_bytes, to_fp8_base
-from lorakit.models.flux.model import empty_flux_model
+from lorakit.models.flux.model import FluxModel, empty_flux_model
 from lorakit.network.files import load_lora_file
 from lorakit.training import flux_target
 from lorakit.training.vram import flux_estimate
@@ -51,13 +52,16 @@ def _run(flux: dict[str, Path], out: Path, **memory: Any) -> Path:
 @pytest.fixture(scope="module")
 def runs(flux: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The plain bf16 run, the fp8-base run and the block-swap run, with the fp8 run's
-    transformer and the swap run's `BlockSwap` caught on their way through."""
+    transformer (as the loader streamed it) and the swap run's `BlockSwap` caught on their
+    way through."""
     root = tmp_path_factory.mktemp("runs")
     caught: dict[str, Any] = {}
 
-    def fp8(transformer: torch.nn.Module) -> int:
-        caught["fp8"] = transformer
-        return to_fp8_base(transformer)
+    def load(*args: Any, **kwargs: Any) -> FluxModel:
+        model = load_flux_model(*args, **kwargs)
+        if kwargs.get("fp8_base"):
+            caught["fp8"] = model.transformer
+        return model
 
     class Swap(BlockSwap):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -65,7 +69,7 @@ def runs(flux: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
             caught["swap"] = self
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flux_target, "to_fp8_base", fp8)
+        patch.setattr(flux_target, "load_flux_model", load)
         patch.setattr(flux_target, "BlockSwap", Swap)
         files = {
             "bf16": _run(flux, root / "bf16"),
@@ -128,11 +132,46 @@ def test_block_swap_trains_the_same_lora_and_moves_each_block_per_pass(
     assert all(torch.equal(swapped[key], plain[key]) for key in plain)
 
 
+def _differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """Keys whose tensors differ in dtype or in a single bit."""
+    raw = {FP8: torch.uint8, torch.bfloat16: torch.int16}
+    return [
+        key
+        for key in a
+        if a[key].dtype != b[key].dtype
+        or not torch.equal(a[key].view(raw[a[key].dtype]), b[key].view(raw[b[key].dtype]))
+    ]
+
+
+def test_fp8_base_load_equals_loading_bf16_then_converting(flux: dict[str, Path]) -> None:
+    """`load_flux_model(fp8_base=True)` casts each block weight as it is read, the same
+    file → bf16 → fp8 steps as loading in bf16 and calling `to_fp8_base`: bit for bit the
+    same model, the same Fp8Linears. The bf16 step matters: the file's fp32 values cast to
+    fp8 directly round differently (double rounding) in some elements."""
+    files = {key: flux[key] for key in ("clip_l", "t5xxl", "ae")}
+    after = load_flux_model(flux["transformer"], config=flux["folder"], **files).transformer
+    assert to_fp8_base(after) == LINEARS
+    streamed = load_flux_model(
+        flux["transformer"], config=flux["folder"], fp8_base=True, **files
+    ).transformer
+    assert sum(isinstance(m, Fp8Linear) for m in streamed.modules()) == LINEARS
+    assert to_fp8_base(streamed) == 0  # already float8: the trainer's call changes nothing
+    state, expected = streamed.state_dict(), after.state_dict()
+    assert state.keys() == expected.keys()
+    assert _differing(state, expected) == []
+    assert sum(v.dtype == FP8 for v in state.values()) == LINEARS
+    file = {key: value for key, value in load_file(flux["transformer"]).items() if value.dim() == 2}
+    direct = {key: value.to(FP8) for key, value in file.items()}
+    rounded = {key: value.to(torch.bfloat16).to(FP8) for key, value in file.items()}
+    assert _differing(direct, rounded) != []
+
+
 def test_a_file_already_in_fp8_keeps_its_exact_values(
     flux: dict[str, Path], tmp_path: Path
 ) -> None:
     """A ComfyUI-style fp8 transformer file: the loader widens it to bf16 exactly, and
-    fp8_base casts back to the very values of the file; the parameter bytes nearly halve."""
+    fp8_base casts back to the very values of the file; the parameter bytes nearly halve.
+    Loaded with `fp8_base`, the block weights are taken as stored, the same model."""
     pipe = tiny_flux_pipeline("dev", num_layers=3, num_single_layers=4)
     state = {key: value.to(FP8) for key, value in bfl_transformer_state(pipe.transformer).items()}
     save_file(state, tmp_path / "fp8.safetensors")
@@ -146,6 +185,10 @@ def test_a_file_already_in_fp8_keeps_its_exact_values(
     assert sum(p.dtype == FP8 for p in converted.values()) == LINEARS
     for name, value in before.items():  # fp8 → bf16 → fp8 is lossless: the file's values
         assert torch.equal(converted[name].to(torch.bfloat16), value), name
+    streamed = load_flux_model(
+        tmp_path / "fp8.safetensors", config=flux["folder"], fp8_base=True, **files
+    ).transformer
+    assert _differing(streamed.state_dict(), transformer.state_dict()) == []
     # Measured 116,160 → 73,152 bytes here (0.63: the tiny model's embedders are a large
     # share); FLUX.1 dev at full size (meta device) 23.80 → 11.97 GB (0.503).
     assert parameter_bytes(transformer) < 0.65 * bf16_bytes
@@ -153,6 +196,30 @@ def test_a_file_already_in_fp8_keeps_its_exact_values(
     bf16_bytes = parameter_bytes(full)
     to_fp8_base(full)
     assert parameter_bytes(full) < 0.51 * bf16_bytes
+
+
+def test_a_nan_block_weight_is_refused_and_beyond_448_saturates(
+    flux: dict[str, Path], tmp_path: Path
+) -> None:
+    """float8 e4m3fn has no infinities and torch (2.13) saturates a cast beyond ±448, so a
+    weight of 1000 becomes 448 and what the range check finds is a NaN (codes 0x7F, 0xFF):
+    refused in one line whether the loader casts or `to_fp8_base` does."""
+    state = bfl_transformer_state(
+        tiny_flux_pipeline("dev", num_layers=3, num_single_layers=4).transformer
+    )
+    files = {key: flux[key] for key in ("clip_l", "t5xxl", "ae")}
+    for value, name in ((1000.0, "big"), (float("nan"), "nan")):
+        state["single_blocks.0.linear2.weight"][0, 0] = value
+        save_file(state, tmp_path / f"{name}.safetensors")
+    big = load_flux_model(
+        tmp_path / "big.safetensors", config=flux["folder"], fp8_base=True, **files
+    )
+    assert big.transformer.single_transformer_blocks[0].proj_out.weight[0, 0].float() == 448
+    nan = tmp_path / "nan.safetensors"
+    with pytest.raises(LorakitError, match=r"^flux.fp8_base: a block weight exceeds"):
+        load_flux_model(nan, config=flux["folder"], fp8_base=True, **files)
+    with pytest.raises(LorakitError, match=r"^flux.fp8_base: a block weight exceeds"):
+        to_fp8_base(load_flux_model(nan, config=flux["folder"], **files).transformer)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The Generate page of a project whose run trained a FLUX.1 LoRA: FLUX's form (steps and
 guidance, none of SD's sampler/CFG/negative/img2img) and a job that renders with the
-component files the run was trained with, read back as Forge's infotext."""
+component files the run was trained with, read back as Forge's infotext; the results
+page's grid job renders the run at FLUX.1's own step count."""
 
 from __future__ import annotations
 
@@ -57,13 +58,20 @@ def test_a_flux_run_gets_flux_s_form_and_renders_with_its_files(tmp_path: Path) 
     argv = jobs.get(job_id).argv
     assert argv[argv.index("--t5xxl") + 1] == str(files["t5xxl"])
     assert "--sampler" not in argv and "--cfg" not in argv
+    grid = c.post("/p/1/grid", data={"steps": ""}, headers=token)
+    grid_id = int(grid.headers["HX-Redirect"].rsplit("/", 1)[1])
+    assert "--steps" not in jobs.get(grid_id).argv  # FLUX.1's default, not SD's 20
     worker = subprocess.Popen([sys.executable, "-m", "lorakit.ui.worker", str(tmp_path / ".ui")])
     try:
-        finished = _wait_job(jobs, job_id, lambda s: s not in ("queued", "running"))
+        finished = [
+            _wait_job(jobs, job, lambda s: s not in ("queued", "running"))
+            for job in (job_id, grid_id)
+        ]
     finally:
         worker.kill()
         worker.wait()
-    assert finished.state == "done", finished.message
+    assert [job.state for job in finished] == ["done", "done"], [j.message for j in finished]
+    assert (work / "out" / "grid.png").is_file()
     (image,) = (work / "generated").glob("*.png")
     info = c.get(f"/p/1/gen/{image.name}/info").text
     assert "Distilled CFG Scale: 2.5" in info and "Steps: 2" in info

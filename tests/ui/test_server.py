@@ -163,6 +163,18 @@ def test_form_round_trip_and_inline_field() -> None:
     assert forms.field_of("/m/none.safetensors: not found", missing) == "model.path"
 
 
+def test_the_text_cache_is_a_choice_and_an_older_true_false_shows_as_it_reads() -> None:
+    """`training.cache_text_encoder` was a checkbox: a project saved then holds a boolean,
+    which the form shows (and posts back) as the mode the config reads it as."""
+    field = next(f for f in forms.FIELDS if f.key == "training.cache_text_encoder")
+    assert (field.kind, field.options) == ("choice", ("memory", "disk", "none"))
+    for saved, mode in ((False, "none"), (True, "memory"), ("disk", "disk")):
+        shown = forms.values({"training": {"cache_text_encoder": saved}})
+        assert shown["training.cache_text_encoder"] == mode
+        data = forms.form_to_data(as_submitted(shown))
+        assert config_from_dict(data).training.cache_text_encoder == mode
+
+
 def test_a_start_into_a_folder_holding_a_run_needs_start_over(tmp_path: Path) -> None:
     from lorakit.ui.routes_train import start_over_args
 

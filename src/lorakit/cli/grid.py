@@ -6,11 +6,19 @@ import argparse
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lorakit.cli.common import arguments_for
-from lorakit.cli.generate import add_sampling_arguments
+from lorakit.cli.generate import (
+    FLUX_DEFAULTS,
+    add_model_arguments,
+    add_sampling_arguments,
+    given_options,
+    refuse_other_family,
+)
 from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:
+    from lorakit.inference.grid_render import GridRenderer
 
 
 def _comma_list(convert: Callable[[str], Any], example: str) -> Callable[[str], list[Any]]:
@@ -31,7 +39,7 @@ def register(subparsers: Any) -> None:
         help="compare epochs × LoRA weights in one labelled image",
         description="Render a grid: LoRA files (a run's epochs, or --lora files) as columns, "
         "weights as rows, one seed for all cells; --search-replace adds stacked blocks. "
-        "Also writes loss.png from the run's summary.json.",
+        "Also writes loss.png from the run's summary.json. " + FLUX_DEFAULTS,
     )
     parser.add_argument("run_dir", nargs="?", type=Path, help="training output folder")
     parser.add_argument("--model", type=Path, help="base model (default: the run's base model)")
@@ -58,6 +66,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, help="grid PNG (default: RUN_DIR/grid.png)")
     parser.add_argument("--loss-only", action="store_true", help="only write loss.png")
     add_sampling_arguments(parser)
+    add_model_arguments(parser, " (default: the run's config.toml)")
     parser.set_defaults(func=run)
 
 
@@ -73,8 +82,42 @@ def _columns(args: argparse.Namespace, summary: dict[str, Any]) -> tuple[list[An
     return epoch_columns(args.run_dir, summary, args.epochs), "epoch"
 
 
+def _renderer(args: argparse.Namespace, model: Path, prompt: str) -> GridRenderer:
+    """The family's `GridRenderer` over the loaded base; the FLUX.1 component files and
+    the architecture folder default to the run's config.toml, as it trained with them."""
+    from lorakit.families import FLUX1
+    from lorakit.inference.run import run_model_section
+    from lorakit.models.family import detect_family
+
+    section = run_model_section(args.run_dir)
+    config = args.config or (Path(section.config) if section.config else None)
+    flux = detect_family(model.expanduser()) is FLUX1
+    refuse_other_family(args, model, flux)
+    if flux:
+        from lorakit.inference.flux_generate import (
+            MODULE_FILES,
+            FluxOptions,
+            load_flux_for_inference,
+        )
+        from lorakit.inference.grid_render import FluxGridRenderer
+
+        given = {key: getattr(args, key) or getattr(section, key) for key in MODULE_FILES}
+        files = {key: Path(value) if value else None for key, value in given.items()}
+        base = load_flux_for_inference(
+            model, args.device, config=config, guidance=args.guidance, **files
+        )
+        options = FluxOptions(**(given_options(FluxOptions, args) | {"prompt": prompt}))
+        return FluxGridRenderer(base, options, files)
+    from lorakit.inference.generate import GenerateOptions, load_for_inference
+    from lorakit.inference.grid_render import SDGridRenderer
+    from lorakit.inference.samplers import canonical_sampler_name
+
+    options = GenerateOptions(**(given_options(GenerateOptions, args) | {"prompt": prompt}))
+    canonical_sampler_name(options.sampler)  # before the model loads
+    return SDGridRenderer(load_for_inference(model, args.device, config), options)
+
+
 def run(args: argparse.Namespace) -> int:
-    from lorakit.inference.generate import load_for_inference
     from lorakit.inference.grid import GridSpec, make_grid
     from lorakit.inference.lossplot import plot_loss
     from lorakit.inference.run import load_summary
@@ -94,9 +137,7 @@ def run(args: argparse.Namespace) -> int:
         raise LorakitError("the run names no trigger or base model; pass --prompt and --model")
     columns, x_title = _columns(args, summary)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    chosen = {"prompt": prompt, "columns": columns, "x_title": x_title, "seed": seed}
-    spec = GridSpec(**(arguments_for(GridSpec, args) | chosen))
+    spec = GridSpec(prompt, columns, args.weights, args.search_replace, x_title, seed)
     out = args.out or (args.run_dir or Path(".")) / "grid.png"
-    base = load_for_inference(model, args.device)
-    print(make_grid(base, spec, out))
+    print(make_grid(_renderer(args, Path(model), prompt), spec, out))
     return 0

@@ -53,6 +53,8 @@ DEFAULT_STEPS = {"dev": 20, "schnell": 4}
 DEFAULT_GUIDANCE = 3.5
 # The one real-CFG scale FLUX.1 is sampled at (no negative pass).
 CFG = 1.0
+# The separate component files in the order Forge's infotext numbers them (`Module N`).
+MODULE_FILES = ("ae", "clip_l", "t5xxl")
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 
@@ -98,12 +100,14 @@ def load_flux_for_inference(
     t5xxl: Path | None = None,
     ae: Path | None = None,
     config: Path | None = None,
+    guidance: float | None = None,
 ) -> FluxModel:
     """FLUX.1 on `device` in bf16 on GPUs that have it (FLUX overflows in fp16), else fp32;
-    `config` as for `load_flux_model`."""
+    `config` as for `load_flux_model`. The component files and a `guidance` schnell would
+    ignore are refused from the headers, before minutes of loading."""
     target = inference_device(device)
     bf16 = target.type == "cuda" and torch.cuda.is_bf16_supported()
-    check_flux_files(Path(path), clip_l, t5xxl, ae)
+    refuse_guidance(check_flux_files(Path(path), clip_l, t5xxl, ae), guidance, Path(path))
     model = load_flux_model(
         path,
         dtype=torch.bfloat16 if bf16 else torch.float32,
@@ -123,7 +127,7 @@ def resolved(model: FluxModel, options: FluxOptions) -> FluxOptions:
     refuse_guidance(model.variant, options.guidance, model.source)
     side = NATIVE_SIDE[FLUX1.value]
     width, height = options.width or side, options.height or side
-    stride = 2 ** len(model.vae.config.block_out_channels)  # VAE reduction × 2×2 patches
+    stride = model.latent_stride
     if width % stride or height % stride:
         raise LorakitError(f"size {width}x{height} must be a multiple of {stride}; use e.g. 1024")
     dev = model.variant == "dev"

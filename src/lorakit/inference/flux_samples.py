@@ -26,7 +26,7 @@ from lorakit.progress import shown
 def flux_options(model: FluxModel, sample: SamplePrompt) -> FluxOptions:
     """The FLUX.1 request of one sample line: its prompt, steps and size (on the latent
     grid), the variant's guidance."""
-    stride = 2 ** len(model.vae.config.block_out_channels)  # VAE reduction × 2×2 patches
+    stride = model.latent_stride
     width, height = (max(stride, side - side % stride) for side in (sample.width, sample.height))
     return resolved(model, FluxOptions(sample.prompt, width, height, sample.steps))
 

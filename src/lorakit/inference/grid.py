@@ -3,7 +3,8 @@
 Guides build this by hand with prompt search/replace; here columns are LoRA files (a
 run's epochs), rows are weights, every cell uses the same seed, and an optional
 search/replace list adds a third axis as stacked blocks. Weight 0 is the base model
-itself, so it is rendered once per block and shared by every column.
+itself, so it is rendered once per block and shared by every column. The layout is the
+same for every family; how cells are rendered and described is a `GridRenderer`'s.
 """
 
 from __future__ import annotations
@@ -17,20 +18,11 @@ from typing import Any
 from PIL import Image
 
 from lorakit.errors import LorakitError
-from lorakit.inference.generate import (
-    GenerateOptions,
-    generation_info,
-    model_identity,
-    render,
-    resolve_size,
-)
+from lorakit.inference.grid_render import GridRenderer
 from lorakit.inference.layout import Axes, compose_block, stack_blocks
-from lorakit.inference.metadata import GenerationInfo, save_png
+from lorakit.inference.metadata import save_png
 from lorakit.inference.run import chosen_epoch, epoch_files
-from lorakit.inference.samplers import canonical_sampler_name
-from lorakit.models import BaseModel
-from lorakit.network.lora import LoRANetwork
-from lorakit.progress import Board, shown
+from lorakit.progress import shown
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
 
@@ -46,20 +38,15 @@ class GridColumn:
 
 @dataclass
 class GridSpec:
-    """What to render: columns × weights (× search/replace values), one seed for all."""
+    """What to render: columns × weights (× search/replace values), one seed for all; the
+    sampling settings are the renderer's (`lorakit.inference.grid_render`)."""
 
     prompt: str
     columns: list[GridColumn]
     weights: Sequence[float] = DEFAULT_WEIGHTS
     search_replace: list[str] = field(default_factory=list)
     x_title: str = "LoRA file"
-    negative: str = ""
     seed: int = 42
-    sampler: str = "Euler a"
-    steps: int = 20
-    cfg: float = 7.0
-    width: int | None = None
-    height: int | None = None
 
 
 def epoch_columns(
@@ -126,36 +113,15 @@ def block_prompts(prompt: str, search_replace: Sequence[str]) -> list[tuple[str,
     ]
 
 
-def _options(spec: GridSpec, prompt: str) -> GenerateOptions:
-    return GenerateOptions(
-        prompt=prompt,
-        negative=spec.negative,
-        width=spec.width,
-        height=spec.height,
-        steps=spec.steps,
-        cfg=spec.cfg,
-        sampler=spec.sampler,
-    )
-
-
-def _render_block(
-    base: BaseModel, spec: GridSpec, prompt: str, progress: Board
-) -> list[list[Image.Image]]:
+def _render_block(renderer: GridRenderer, spec: GridSpec, prompt: str) -> list[list[Image.Image]]:
     """Cells of one block as rows (weights) of columns (LoRA files)."""
-    options = _options(spec, prompt)
     rows: dict[float, list[Image.Image]] = {weight: [] for weight in spec.weights}
-    base_image = render(base, options, spec.seed, progress)[0] if 0 in rows else None
+    base_image = renderer.render(prompt, 0.0, spec.seed) if 0 in rows else None
     for column in spec.columns:
-        network = LoRANetwork.from_file(base, column.path, 1.0)
-        try:
+        with renderer.column(column.path):
             for weight in spec.weights:
-                if weight == 0:
-                    rows[weight].append(base_image)
-                    continue
-                network.multiplier = weight
-                rows[weight].append(render(base, options, spec.seed, progress)[0])
-        finally:
-            network.remove()
+                image = base_image if weight == 0 else renderer.render(prompt, weight, spec.seed)
+                rows[weight].append(image)
     return [rows[weight] for weight in spec.weights]
 
 
@@ -176,45 +142,31 @@ def grid_axes(spec: GridSpec) -> Axes:
     )
 
 
-def settings_caption(base: BaseModel, spec: GridSpec) -> str:
-    """One line with what every cell shares, so a screenshot of the grid stands alone."""
-    width, height = resolve_size(base, spec.width, spec.height)
-    model, _ = model_identity(base.source)
-    parts = [
-        f"seed {spec.seed}",
-        canonical_sampler_name(spec.sampler),
-        f"{spec.steps} steps",
-        f"CFG {spec.cfg:g}",
-        f"{width}×{height}",
-        model,
-    ]
-    return " · ".join(parts)
-
-
-def _grid_info(base: BaseModel, spec: GridSpec, axes: Axes) -> GenerationInfo:
-    z_axis = {"Z": "S/R: " + ", ".join(spec.search_replace)} if spec.search_replace else {}
-    x_values = ", ".join(column.label for column in spec.columns)
-    extra = {
-        "X": f"{spec.x_title}: {x_values}",
-        "Y": f"{axes.y_title}: " + ", ".join(axes.y_labels),
-        **z_axis,
+def axis_entries(spec: GridSpec, axes: Axes) -> dict[str, str]:
+    """The infotext's axes as A1111's X/Y/Z plot writes them (`Script`, `X Type`, `X Values`,
+    …); keys of one letter would not parse back, A1111's pattern needs two characters."""
+    entries = {
+        "Script": "X/Y/Z plot",
+        "X Type": spec.x_title,
+        "X Values": ", ".join(column.label for column in spec.columns),
+        "Y Type": axes.y_title,
+        "Y Values": ", ".join(axes.y_labels),
     }
-    return generation_info(base, _options(spec, spec.prompt), spec.seed, extra=extra)
+    if spec.search_replace:
+        entries |= {"Z Type": "Prompt S/R", "Z Values": ", ".join(spec.search_replace)}
+    return entries
 
 
-def make_grid(base: BaseModel, spec: GridSpec, out_path: Path) -> Path:
+def make_grid(renderer: GridRenderer, spec: GridSpec, out_path: Path) -> Path:
     """Render and save the labelled grid PNG (atomic, with the settings as its infotext)."""
     if not spec.columns:
         raise LorakitError(
             "no LoRA files to compare; pass a run folder with saved epochs or --lora FILE"
         )
-    canonical_sampler_name(spec.sampler)
     axes = grid_axes(spec)
     blocks = []
-    with shown() as progress:
+    with shown():  # one board for every cell's steps
         for title, prompt in block_prompts(spec.prompt, spec.search_replace):
-            cells = _render_block(base, spec, prompt, progress)
-            blocks.append(compose_block(cells, axes, title))
-    cell_height = resolve_size(base, spec.width, spec.height)[1]
-    grid = stack_blocks(blocks, settings_caption(base, spec), cell_height)
-    return save_png(grid, out_path, _grid_info(base, spec, axes))
+            blocks.append(compose_block(_render_block(renderer, spec, prompt), axes, title))
+    grid = stack_blocks(blocks, renderer.caption(spec.seed), renderer.size()[1])
+    return save_png(grid, out_path, renderer.info(spec.prompt, spec.seed, axis_entries(spec, axes)))

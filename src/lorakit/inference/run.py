@@ -13,6 +13,7 @@ from typing import Any
 
 from lorakit.errors import LorakitError
 from lorakit.training.checkpoint import SUMMARY, read_summary
+from lorakit.training.config import ModelSection, load_config
 
 _SAMPLE = re.compile(r"^(?P<name>.+)_e(?P<epoch>\d{6})_s(?P<step>\d{6})_(?P<index>\d{2})\.png$")
 
@@ -47,6 +48,13 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
             "`lorakit train` after at least one epoch"
         )
     return summary
+
+
+def run_model_section(run_dir: Path | None) -> ModelSection:
+    """The `[model]` section of the run's config.toml (the base's component files and
+    architecture folder), or an empty one for no run folder or a folder without it."""
+    path = Path(run_dir) / "config.toml" if run_dir is not None else None
+    return load_config(path).model if path is not None and path.is_file() else ModelSection()
 
 
 def chosen_epoch(summary: dict[str, Any]) -> int | None:

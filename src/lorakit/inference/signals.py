@@ -5,10 +5,11 @@ the LoRA gets better. What a person checks on the grid is whether "TRIGGER CLASS
 subject, and whether prompts without the trigger stay as the base model drew them. Both are
 measured with the run's own model and images, no other weights:
 
-- fidelity: a few pictures of "TRIGGER CLASS" (fixed seeds, a few DDIM steps, as latents)
-  and the distance of each to its nearest training image in latent space, against the same
-  for the base model's pictures: 1 - distance with LoRA / distance without (0: no closer
-  to the subject than the base; it grows as the pictures become the subject);
+- fidelity: a few pictures of "TRIGGER CLASS" (fixed seeds, a few sampler steps, as
+  latents) and the distance of each to its nearest training image in latent space,
+  against the same for the base model's pictures: 1 - distance with LoRA / distance
+  without (0: no closer to the subject than the base; it grows as the pictures become
+  the subject);
 - bleed: the base world (the run's regularization images, or else pictures the base draws
   once for the training captions without trigger and class words, "large, pink
   background") noised at fixed timesteps and predicted with the caption and with
@@ -22,6 +23,11 @@ variants), the size of the trigger's pull on predictions, projections of the no-
 change onto the trigger's direction and how much of the base's response to a caption the
 LoRA keeps did not follow the classifier's fidelity, bleed or flexibility across subjects;
 these two did. `lorakit.inference.pick` turns them into the choice.
+
+What differs per family (drawing pictures, the noise schedule, the prediction, applying a
+LoRA file) sits behind `SignalModel`: `SDSignals` (`lorakit.inference.sd_signals`, the SD
+path as it always ran) and `FluxSignals` (`lorakit.inference.flux_signals`); the probe, the
+distances and the ratios here are the same for both.
 """
 
 from __future__ import annotations
@@ -29,35 +35,64 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from diffusers import DDIMScheduler
 
 from lorakit.errors import LorakitError
-from lorakit.inference.generate import applied_loras, load_for_inference
-from lorakit.inference.prompt import LoraRef
-from lorakit.models import BaseModel
+from lorakit.families import FLUX1
+from lorakit.inference.flux_signals import FluxSignals
+from lorakit.inference.sd_signals import SDSignals
 from lorakit.training.caching import encode_latents
 from lorakit.training.config import TrainConfig, load_config
 from lorakit.training.data import Items, TrainItem, build_items, load_pixels
-from lorakit.training.objective import Objective
-from lorakit.training.plan import resolve
-from lorakit.training.runtime import prediction_type
-from lorakit.training.step import Stepper
+from lorakit.training.target import resolve
 
 WORLD_IMAGES = 8  # bleed probe: 8 images × 4 timesteps × 2 prompts (fewer: noisier)
 TIMESTEPS = 4  # evenly spread, as the validation loss
-WORLD_STEPS = 12  # DDIM steps for the base world's pictures (drawn once per pick)
+WORLD_STEPS = 12  # sampler steps for the base world's pictures (drawn once per pick)
 PICTURES = 6  # fidelity: pictures of "TRIGGER CLASS" per epoch, one fixed seed each
-PICTURE_STEPS = 6  # their DDIM steps: enough for the subject's shape and colours
+PICTURE_STEPS = 6  # their sampler steps: enough for the subject's shape and colours
 REFERENCE_IMAGES = 64  # training images the pictures are compared with
 SEED = 0  # fixed noise: every epoch sees the same inputs
-GUIDANCE = 5.0  # classifier-free guidance of the pictures (as the tiny world's classifier)
 KINDS = ("trigger", "generic")
 SIGNALS = ("fidelity", "bleed")
+
+
+class SignalModel(Protocol):
+    """A loaded base model as the signals use it: one per family."""
+
+    model: Any  # BaseModel or FluxModel: its `.vae` encodes the training images
+    device: torch.device
+
+    def pictures(
+        self, prompts: list[str], size: tuple[int, int], steps: int, seed: int
+    ) -> torch.Tensor:
+        """Latents drawn for `prompts` (seeds seed, seed + 1, …) with the LoRA applied now."""
+        ...
+
+    def noised(
+        self, latents: torch.Tensor, count: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy rows, their timesteps): each latent at `count` fixed noise levels."""
+        ...
+
+    def predict(
+        self,
+        noisy: torch.Tensor,
+        t: torch.Tensor,
+        items: Sequence[TrainItem],
+        prompts: Sequence[str],
+    ) -> torch.Tensor:
+        """The denoiser's output per row, as a training step computes it."""
+        ...
+
+    def applied(self, lora: Path) -> AbstractContextManager[object]:
+        """The LoRA file at weight 1 for the duration of the block, then the base back."""
+        ...
 
 
 def strip_words(caption: str, words: set[str]) -> str:
@@ -87,8 +122,7 @@ class Probe:
     """Fixed noisy latents (image × timestep) with the prompts of each row."""
 
     noisy: torch.Tensor
-    target: torch.Tensor  # what a perfect prediction would be (noise, or v)
-    timesteps: torch.Tensor
+    timesteps: torch.Tensor  # SD's step indices, or FLUX.1's σ
     items: list[TrainItem]  # per row: SDXL's size conditioning
     prompts: dict[str, list[str]]  # per prompt kind, one prompt per row
     source: str  # where the images came from, for the report
@@ -106,40 +140,9 @@ def _same_size(items: Sequence[TrainItem], limit: int) -> list[TrainItem]:
     return [it for it in items if (it.bucket.width, it.bucket.height) == size][:limit]
 
 
-def _noised(
-    latents: torch.Tensor, objective: Objective, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each latent at TIMESTEPS evenly spread timesteps with fixed noise."""
-    spread = torch.linspace(0, objective.num_timesteps - 1, TIMESTEPS + 2)[1:-1].long()
-    rows = latents.repeat_interleave(TIMESTEPS, dim=0)
-    noise = torch.randn(rows.shape, generator=generator).to(rows.device)
-    t = spread.repeat(latents.shape[0]).to(rows.device)
-    return objective.add_noise(rows, noise, t), objective.target(rows, noise, t), t
-
-
-def _encoded(base: BaseModel, items: Sequence[TrainItem]) -> torch.Tensor:
-    return torch.cat([encode_latents(base, load_pixels(it, False).unsqueeze(0)) for it in items])
-
-
-@torch.no_grad()
-def pictures(
-    base: BaseModel, prompts: list[str], size: tuple[int, int], steps: int, seed: int = SEED
-) -> torch.Tensor:
-    """Latents the model (with whatever LoRA is applied) draws for `prompts` (DDIM), one
-    fixed seed per prompt, so every epoch starts from the same noise."""
-    pipe = base.pipeline(DDIMScheduler.from_config(base.scheduler_config))
-    pipe.set_progress_bar_config(disable=True)
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    out = pipe(
-        prompts,
-        width=size[0],
-        height=size[1],
-        num_inference_steps=steps,
-        guidance_scale=GUIDANCE,
-        generator=generators,
-        output_type="latent",
-    )
-    return out.images.float()
+def _encoded(family: SignalModel, items: Sequence[TrainItem]) -> torch.Tensor:
+    model = family.model
+    return torch.cat([encode_latents(model, load_pixels(it, False).unsqueeze(0)) for it in items])
 
 
 def nearest(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -148,17 +151,17 @@ def nearest(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def _world(
-    base: BaseModel, items: Items, like: TrainItem, names: tuple[str, str]
+    family: SignalModel, items: Items, like: TrainItem, names: tuple[str, str]
 ) -> tuple[torch.Tensor, list[TrainItem], list[str], str]:
     """Base-world latents with a caption and a size item each: the regularization images
     when the run has them, else pictures the base draws for the de-triggered captions."""
     reg = _same_size(items.reg, WORLD_IMAGES)
     if reg:
-        return _encoded(base, reg), reg, [it.caption for it in reg], "regularization images"
+        return _encoded(family, reg), reg, [it.caption for it in reg], "regularization images"
     generic = [prompt_kinds(it.caption, *names)["generic"] for it in items.train]
     prompts = list(dict.fromkeys(p for p in generic if p))[:WORLD_IMAGES] or [""]
     size = (like.bucket.width, like.bucket.height)
-    latents = pictures(base, prompts, size, WORLD_STEPS, seed=SEED + PICTURES)
+    latents = family.pictures(prompts, size, WORLD_STEPS, SEED + PICTURES)
     source = "base-model pictures of the training captions without trigger and class"
     return latents, [like] * len(prompts), prompts, source
 
@@ -170,9 +173,7 @@ def run_config(run_dir: Path) -> TrainConfig:
     return resolve(load_config(path))
 
 
-def build_probe(
-    base: BaseModel, config: TrainConfig, objective: Objective, trigger: str, cls: str
-) -> Probe:
+def build_probe(family: SignalModel, config: TrainConfig, trigger: str, cls: str) -> Probe:
     """The fixed inputs for every epoch of one run, and the base model's own pictures of
     the subject prompt (the reference the LoRA's are measured against)."""
     items = build_items(config, config.dataset.resolution or 512)
@@ -180,18 +181,18 @@ def build_probe(
     if not shown:
         raise LorakitError(f"{config.dataset_paths()[0]}: no training images to compare with")
     names = (trigger, cls)
-    latents, rows_of, captions, source = _world(base, items, shown[0], names)
+    latents, rows_of, captions, source = _world(family, items, shown[0], names)
     generator = torch.Generator().manual_seed(SEED)
-    noisy, target, t = _noised(latents.to(base.unet.device), objective, generator)
+    noisy, t = family.noised(latents.to(family.device), TIMESTEPS, generator)
     per_image = [prompt_kinds(c, *names) for c in captions]
     prompts = {k: [p[k] for p in per_image for _ in range(TIMESTEPS)] for k in KINDS}
     rows = [it for it in rows_of for _ in range(TIMESTEPS)]
     subject = f"{trigger} {cls}".strip()
     size = (shown[0].bucket.width, shown[0].bucket.height)
-    reference = _encoded(base, shown).flatten(1).float()
-    drawn = pictures(base, [subject] * PICTURES, size, PICTURE_STEPS)
+    reference = _encoded(family, shown).flatten(1).float()
+    drawn = family.pictures([subject] * PICTURES, size, PICTURE_STEPS, SEED)
     return Probe(
-        noisy, target, t, rows, prompts, source, subject, size, reference, nearest(drawn, reference)
+        noisy, t, rows, prompts, source, subject, size, reference, nearest(drawn, reference)
     )
 
 
@@ -199,12 +200,10 @@ Predictions = dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def predict_all(stepper: Stepper, probe: Probe) -> Predictions:
-    """The U-Net's output per prompt kind, with whatever LoRA is applied."""
+def predict_all(family: SignalModel, probe: Probe) -> Predictions:
+    """The denoiser's output per prompt kind, with whatever LoRA is applied."""
     return {
-        kind: stepper.predict(
-            probe.noisy, probe.timesteps, probe.items, probe.prompts[kind]
-        ).float()
+        kind: family.predict(probe.noisy, probe.timesteps, probe.items, probe.prompts[kind]).float()
         for kind in KINDS
     }
 
@@ -213,14 +212,12 @@ def _energy(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).pow(2).sum()
 
 
-def epoch_signals(
-    base: BaseModel, stepper: Stepper, probe: Probe, plain: Predictions
-) -> dict[str, float]:
-    """Fidelity and bleed of the LoRA applied to `base` now (`plain`: the base's
+def epoch_signals(family: SignalModel, probe: Probe, plain: Predictions) -> dict[str, float]:
+    """Fidelity and bleed of the LoRA applied to the model now (`plain`: the base's
     predictions without it)."""
-    drawn = pictures(base, [probe.subject] * PICTURES, probe.size, PICTURE_STEPS)
+    drawn = family.pictures([probe.subject] * PICTURES, probe.size, PICTURE_STEPS, SEED)
     closer = 1 - nearest(drawn, probe.reference) / probe.base_distance.clamp_min(1e-12)
-    preds = predict_all(stepper, probe)
+    preds = predict_all(family, probe)
     changed = _energy(preds["generic"] - plain["generic"])
     triggered = _energy(preds["trigger"] - plain["trigger"])
     return {
@@ -254,17 +251,15 @@ def measure_epochs(
         )
     started = time.perf_counter()
     config = run_config(run_dir)
-    base = load_for_inference(summary.get("base_model") or config.model.path, device)
-    device_ = base.unet.device
-    objective = Objective(base.scheduler_config, prediction_type(config, base), device_)
-    probe = build_probe(base, config, objective, trigger, summary.get("class") or "")
-    stepper = Stepper(base, objective, None, False, config.training.clip_skip, device_)
-    plain = predict_all(stepper, probe)
+    kind = FluxSignals if config.model.family == FLUX1.value else SDSignals
+    family: SignalModel = kind.load(config, summary, device)
+    probe = build_probe(family, config, trigger, summary.get("class") or "")
+    plain = predict_all(family, probe)
     setup = time.perf_counter() - started
     per_epoch = {}
     started = time.perf_counter()
     for epoch, path in files:
-        with applied_loras(base, [LoraRef(path.stem, path, 1.0)]):
-            per_epoch[epoch] = epoch_signals(base, stepper, probe, plain)
+        with family.applied(path):
+            per_epoch[epoch] = epoch_signals(family, probe, plain)
     seconds = (time.perf_counter() - started) / max(1, len(files))
     return SignalRun(per_epoch, probe.source, setup, seconds)

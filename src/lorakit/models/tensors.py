@@ -151,46 +151,72 @@ def _read_into(handle: BinaryIO, buffer: torch.Tensor, path: Path) -> None:
 
 class CheckpointTensors(Mapping[str, torch.Tensor]):
     """A single-file checkpoint as a mapping that reads each tensor when it is looked up,
-    floating-point ones in `dtype` (None: as stored).
+    floating-point ones in `dtype` (None: as stored); `read_via` gives one in another dtype
+    with the rounding of a load in `dtype` (FLUX's fp8 base).
 
     diffusers' LDM converters take a state dict; handed this mapping (or a lazy part of
     it) they see real tensors while the rest of the file stays on disk.
 
     A tensor in the file's dtype is read straight into its own storage. A cast one is
-    filled a chunk at a time through one buffer kept for the mapping's life: a full-size
+    filled a chunk at a time through buffers kept for the mapping's life: a full-size
     temporary per tensor would be freed a thousand times, and each free of a large block
     raises glibc's mmap threshold, after which tensors land in a heap those frees leave
-    fragmented (SDXL fp16 → bf16 peaked 1.27× the weights that way, 1.0× this way).
+    fragmented (SDXL fp16 → bf16 peaked 1.27× the weights that way, 1.0× this way; FLUX
+    fp16 → bf16 → fp8 1.6× with a bf16 temporary per tensor).
     """
 
     def __init__(self, path: Path, dtype: torch.dtype | None = None) -> None:
         self.path = path
         self.dtype = dtype
         self.index = read_index(path)
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         info = self.index[key]
         cast = self.dtype is not None and info.dtype.is_floating_point
-        target = self.dtype if cast else info.dtype
+        return self._read(info, self.dtype if cast else info.dtype)
+
+    def read_via(self, key: str, target: torch.dtype) -> torch.Tensor:
+        """`key` in `target` (floating point), rounded through the mapping's `dtype` first:
+        file → dtype → target, bit for bit a load in `dtype` cast afterwards, without that
+        tensor in `dtype`. One stored in `target` is read as it is."""
+        info = self.index[key]
+        if self.dtype is None or info.dtype == target or self.dtype in (info.dtype, target):
+            return self._read(info, target)
+        return self._read(info, target, self.dtype)
+
+    def _read(
+        self, info: TensorInfo, target: torch.dtype, via: torch.dtype | None = None
+    ) -> torch.Tensor:
         with self.path.open("rb") as handle:
             handle.seek(info.offset)
             if target == info.dtype or info.stride != _contiguous_stride(info.shape):
                 raw = torch.empty(info.nbytes, dtype=torch.uint8)
                 _read_into(handle, raw, self.path)
-                return raw.view(info.dtype).as_strided(info.shape, info.stride).to(target)
-            return self._read_cast(handle, info, target)
+                tensor = raw.view(info.dtype).as_strided(info.shape, info.stride)
+                return (tensor if via is None else tensor.to(via)).to(target)
+            return self._read_cast(handle, info, target, via)
 
-    def _read_cast(self, handle: BinaryIO, info: TensorInfo, target: torch.dtype) -> torch.Tensor:
-        if self._buffer is None:
-            self._buffer = torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
+    def _buffer(self, dtype: torch.dtype, count: int) -> torch.Tensor:
+        """The first `count` elements of the kept buffer of `dtype` (grown if short)."""
+        kept = self._buffers.get(dtype)
+        if kept is None or kept.numel() < count:
+            kept = self._buffers[dtype] = torch.empty(count, dtype=dtype)
+        return kept[:count]
+
+    def _read_cast(
+        self, handle: BinaryIO, info: TensorInfo, target: torch.dtype, via: torch.dtype | None
+    ) -> torch.Tensor:
         out = torch.empty(info.shape, dtype=target)
         flat, per_chunk = out.view(-1), _CHUNK_BYTES // info.dtype.itemsize
         for start in range(0, flat.numel(), per_chunk):
             count = min(per_chunk, flat.numel() - start)
-            chunk = self._buffer[: count * info.dtype.itemsize]
+            chunk = self._buffer(torch.uint8, _CHUNK_BYTES)[: count * info.dtype.itemsize]
             _read_into(handle, chunk, self.path)
-            flat[start : start + count].copy_(chunk.view(info.dtype))
+            values = chunk.view(info.dtype)
+            if via is not None:
+                values = self._buffer(via, per_chunk)[:count].copy_(values)
+            flat[start : start + count].copy_(values)
         return out
 
     def __iter__(self) -> Iterator[str]:

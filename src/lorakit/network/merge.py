@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import LorakitError
+from lorakit.models import ModelFamily
 from lorakit.network.base_weights import family_layout
 from lorakit.network.files import parse_dtype, save_lora_file
 from lorakit.network.pairs import LoRAFile, LoRAPair, pairs_state, read_lora, reworked_metadata
@@ -33,7 +34,10 @@ def _check_family(loras: Sequence[tuple[LoRAFile, float]]) -> None:
 
 
 def _canonical(lora: LoRAFile) -> dict[str, LoRAPair]:
-    """The file's modules under lorakit's spelling (SDXL files may use either)."""
+    """The file's modules under lorakit's spelling (SDXL files may use either; FLUX.1
+    files have sd-scripts' one spelling)."""
+    if lora.family is ModelFamily.FLUX1:
+        return dict(lora.pairs)
     sites, _ = family_layout(lora.family)
     return {sites[name].name if name in sites else name: pair for name, pair in lora.pairs.items()}
 

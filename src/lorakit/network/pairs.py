@@ -22,6 +22,8 @@ from lorakit.models import ModelFamily
 from lorakit.network.convert import diffusers_to_kohya
 from lorakit.network.detect import detect_lora_family, is_kohya_format
 from lorakit.network.files import SUFFIXES, ModuleDims, load_lora_file, module_dims, split_key
+from lorakit.network.flux import is_flux_lora
+from lorakit.network.flux_files import flux_kohya_state, flux_lora_metadata, flux_variant
 from lorakit.network.lora import config_from_dims
 from lorakit.network.metadata import lora_metadata
 
@@ -164,13 +166,18 @@ class ModulesFile:
     modules: dict[str, dict[str, torch.Tensor]]
 
 
-def read_modules(path: str | Path, lycoris: bool = False) -> ModulesFile:
+def read_modules(path: str | Path, lycoris: bool = False, flux: bool = False) -> ModulesFile:
     """Read a kohya (or diffusers/peft) file by module; LoHa/LoKr/DoRA only with
-    `lycoris`; one-line errors."""
+    `lycoris`, FLUX.1 LoRAs only with `flux` (for tools that never meet its base model);
+    one-line errors."""
     path = Path(path)
     _check_keys(path, lycoris)
     state, metadata = load_lora_file(path)
-    family = detect_lora_family(state, metadata, str(path))
+    if flux and is_flux_lora(state, metadata):
+        family = ModelFamily.FLUX1
+        state = flux_kohya_state(state, metadata, str(path))
+    else:
+        family = detect_lora_family(state, metadata, str(path))
     if not is_kohya_format(state):
         state = diffusers_to_kohya(state, family, metadata, str(path))
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -181,8 +188,11 @@ def read_modules(path: str | Path, lycoris: bool = False) -> ModulesFile:
 
 
 def read_lora(path: str | Path) -> LoRAFile:
-    """Read a kohya (or diffusers/peft) LoRA file into fp32 pairs; one-line errors."""
-    read = read_modules(path)
+    """Read a kohya (or diffusers/peft) LoRA file into fp32 pairs; one-line errors.
+
+    FLUX.1 files are read too: resizing and merging LoRA files is the same algebra on any
+    pair, and sd-scripts' FLUX.1 modules are plain (fused q/k/v) pairs."""
+    read = read_modules(path, flux=True)
     dims = module_dims(read.state, str(read.path))
     pairs = {name: _pair(name, read.modules[name], dims[name].alpha, read.path) for name in dims}
     dtypes = Counter(t.dtype for k, t in read.state.items() if not k.endswith(".alpha"))
@@ -230,7 +240,11 @@ def reworked_metadata(
     """
     previous = previous or {}
     dims = {name: ModuleDims(p.rank, p.alpha, p.is_conv) for name, p in pairs.items()}
-    fresh = lora_metadata(family, config_from_dims(dims))
+    config = config_from_dims(dims)
+    if family is ModelFamily.FLUX1:
+        fresh = flux_lora_metadata(flux_variant(previous), config)
+    else:
+        fresh = lora_metadata(family, config)
     meta = fresh | {k: v for k, v in previous.items() if not k.startswith("sshs_")}
     for key in ("ss_network_dim", "ss_network_alpha"):
         meta[key] = "Dynamic" if dynamic else fresh[key]

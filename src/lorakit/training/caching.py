@@ -8,14 +8,18 @@ How the augmentations combine with cached latents:
 - Text-encoder outputs are cached only while no text encoder is trained and captions are
   fixed strings (`shuffle_caption` off); caption dropout just adds the empty caption.
 
-Disk caches live in `<output_dir>/cache/`, keyed by image path, size, mtime, bucket, flip
-and VAE identity, so a changed image or model never reuses a stale latent.
+Disk caches live in `<output_dir>/cache/`: latents keyed by image path, size, mtime,
+bucket, flip and VAE identity, text-encoder outputs (`cache/text/`) by caption and the
+encoders' identity (`file_identity` of their files, their dtype, clip skip or T5 length),
+so a changed image, caption or model never reuses a stale entry. Entries are written
+atomically as safetensors files and survive `--overwrite` (rundir leaves `cache/`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,17 +98,57 @@ class LatentCache:
         return load_file(str(self._path(key)))["latent"]
 
 
-class TextCache:
-    """Encoder outputs per caption string, computed lazily without gradients."""
+def file_identity(path: Path, subfolders: Sequence[str] = ()) -> str:
+    """A model file's resolved path, size and mtime (for a diffusers folder: those of every
+    file in `subfolders`): cheap to take where hashing a 9.5 GB T5-XXL file is not, and
+    changed by any replacement of the file."""
+    path = Path(path).expanduser().resolve()
+    if path.is_dir():
+        files = sorted(f for sub in subfolders for f in (path / sub).rglob("*") if f.is_file())
+    else:
+        files = [path]
+    return ";".join(f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
 
-    def __init__(self, encode_fn: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]]):
-        self.encode_fn = encode_fn
-        self.store: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+TextRow = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class TextDisk:
+    """Where a `TextCache` keeps its files, what makes its encoders' outputs (`identity`,
+    hashed into each name with the caption) and the device it reads them back to."""
+
+    folder: Path
+    identity: str
+    device: torch.device
+
+
+class TextCache:
+    """Encoder outputs per caption string, computed lazily without gradients: in memory,
+    or with `disk` in one safetensors file per caption (`hidden`, and `pooled` where the
+    model has one), read back on every request as `LatentCache` reads its files."""
+
+    def __init__(self, encode_fn: Callable[[list[str]], TextRow], disk: TextDisk | None = None):
+        self.encode_fn, self.disk = encode_fn, disk
+        self.store: dict[str, TextRow] = {}
+
+    def _path(self, caption: str) -> Path:
+        """The file of `caption` in the disk cache."""
+        assert self.disk is not None
+        raw = f"{caption}\0{self.disk.identity}"
+        return self.disk.folder / (hashlib.sha256(raw.encode()).hexdigest()[:32] + ".safetensors")
+
+    def _missing(self, captions: Iterable[str]) -> list[str]:
+        unique = dict.fromkeys(captions)
+        if self.disk is None:
+            return [c for c in unique if c not in self.store]
+        return [c for c in unique if not self._path(c).is_file()]
 
     @torch.no_grad()
     def fill(self, captions: Iterable[str]) -> None:
-        """Encode every caption up front, with progress, in batches of `TEXT_BATCH`."""
-        missing = [c for c in dict.fromkeys(captions) if c not in self.store]
+        """Encode every caption not cached yet up front, with progress, in batches of
+        `TEXT_BATCH` (nothing is encoded, so no encoder runs, when all are on disk)."""
+        missing = self._missing(captions)
         if not missing:
             return
         with task("caching text", total=len(missing)) as advance:
@@ -116,14 +160,26 @@ class TextCache:
     def _store(self, captions: list[str]) -> None:
         hidden, pooled = self.encode_fn(captions)
         for i, caption in enumerate(captions):
-            self.store[caption] = (hidden[i], None if pooled is None else pooled[i])
+            row = (hidden[i], None if pooled is None else pooled[i])
+            if self.disk is None:
+                self.store[caption] = row
+                continue
+            tensors = {"hidden": row[0]} if row[1] is None else {"hidden": row[0], "pooled": row[1]}
+            with atomic_path(self._path(caption)) as tmp:
+                save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+    def _row(self, caption: str) -> TextRow:
+        if self.disk is None:
+            return self.store[caption]
+        tensors = load_file(str(self._path(caption)), device=str(self.disk.device))
+        return tensors["hidden"], tensors.get("pooled")
 
     @torch.no_grad()
-    def get(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        missing = [c for c in dict.fromkeys(captions) if c not in self.store]
+    def get(self, captions: Sequence[str]) -> TextRow:
+        missing = self._missing(captions)
         if missing:
             self._store(missing)
-        rows = [self.store[c] for c in captions]
+        rows = [self._row(c) for c in captions]
         hidden = torch.stack([r[0] for r in rows])
         pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
         return hidden, pooled
@@ -139,7 +195,7 @@ def fixed_captions(items: Items, caption_dropout: float) -> list[str]:
 def text_encoder(base: BaseModel, clip_skip: int, device: torch.device):
     """A caption-list encoder bound to this model, clip skip and device."""
 
-    def run(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(captions: list[str]) -> TextRow:
         return encode(base, captions, clip_skip, device)
 
     return run

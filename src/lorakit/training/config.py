@@ -38,6 +38,11 @@ SchedulerName = Literal[
 ]
 Precision = Literal["no", "fp16", "bf16"]
 SavePrecision = Literal["fp32", "fp16", "bf16"]
+CacheMode = Literal["memory", "disk", "none"]
+# Keys that were true/false switches before they took a choice, and what those values read as.
+LEGACY_FLAGS: dict[str, dict[bool, str]] = {
+    "training.cache_text_encoder": {True: "memory", False: "none"},
+}
 
 
 class Section(BaseModel):
@@ -159,9 +164,12 @@ class TrainingSection(Section):
     mixed_precision: Precision = "fp16"
     seed: int = 42
     gradient_checkpointing: bool = False
-    cache_latents: Literal["memory", "disk", "none"] = "memory"
-    cache_text_encoder: bool = True
-    """Cache text-encoder outputs when no text encoder is trained (and captions are fixed)."""
+    cache_latents: CacheMode = "memory"
+    cache_text_encoder: CacheMode = "memory"
+    """Text-encoder outputs per caption, computed once: in memory, in safetensors files
+    under `<output_dir>/cache/text` ("disk": later runs and resumes read them back; FLUX.1
+    then keeps T5-XXL off the device), or "none". Only while no text encoder trains and
+    captions are fixed strings. true/false (older configs) read as "memory"/"none"."""
     clip_skip: int = Field(default=1, ge=1)
     noise_offset: float = Field(default=0.0, ge=0.0)
     min_snr_gamma: float | None = Field(default=None, gt=0.0)
@@ -170,6 +178,14 @@ class TrainingSection(Section):
     """How often the loss is read back from the device (each read is a host sync)."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """Torch threads on a machine without CUDA; unset: `lorakit.threads`' rule decides."""
+
+    @field_validator("cache_text_encoder", mode="before")
+    @classmethod
+    def _cache_flag(cls, value: Any) -> Any:
+        """Configs written before "disk" existed hold a boolean: true is "memory", false "none"."""
+        if isinstance(value, bool):
+            return LEGACY_FLAGS["training.cache_text_encoder"][value]
+        return value
 
 
 class SavingSection(Section):

@@ -5,7 +5,15 @@ The pieces are `lorakit.models.flux` (loader, `flow`: σ sampling, packing, cond
 `flux_loss`) and `lorakit.network.flux_train.FluxLoRANetwork` (kohya's names, the file
 ComfyUI/Forge load); this module only binds them to a run's config. Latents come from the
 shared `LatentCache` (`encode_latents` applies the FLUX VAE's shift and scale); T5 and
-CLIP-L outputs are cached per caption in memory when no encoder trains.
+CLIP-L outputs are cached per caption when no encoder trains (`training.cache_text_encoder`).
+
+T5-XXL is 9.5 GB in bf16, so with a text cache the encoders are on the device only while
+they run: to encode the captions not cached yet (then back to the CPU, as sd-scripts moves
+them, so the steps run without them) and to render samples (FluxPipeline encodes its
+prompts itself). With "disk" and every caption already in `<output_dir>/cache/text` (a
+rerun, a resume, a run with `--overwrite`), no encoder runs and, without sample prompts,
+neither ever reaches the device. What is not skipped: `load_flux_model` still reads T5
+into CPU memory, as the loader loads every component.
 
 Everything a run cannot honour is refused in one line before the model loads: a BFL
 transformer file without its encoder/VAE files, SD-only settings (min-SNR, noise offset,
@@ -40,7 +48,7 @@ from lorakit.models.flux.flow import (
     velocity,
 )
 from lorakit.models.flux.loader import load_flux_model
-from lorakit.models.flux.memory import BlockSwap, swap_split, to_fp8_base
+from lorakit.models.flux.memory import BlockSwap, swap_split
 from lorakit.models.flux.model import bundled_flux_dir
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
@@ -48,10 +56,15 @@ from lorakit.network.flux import is_flux_lora
 from lorakit.network.flux_files import flow_metadata, flux_kohya_state
 from lorakit.network.flux_train import FluxLoRANetwork
 from lorakit.training import plan
-from lorakit.training.caching import TextCache
+from lorakit.training.caching import TextCache, file_identity
 from lorakit.training.config import FluxSection, TrainConfig
 from lorakit.training.data import TrainItem
-from lorakit.training.runtime import effective_precision, weight_dtype
+from lorakit.training.runtime import (
+    effective_precision,
+    text_cache,
+    text_cache_mode,
+    weight_dtype,
+)
 from lorakit.training.step import Batch
 from lorakit.training.vram import flux_table
 
@@ -59,9 +72,8 @@ from lorakit.training.vram import flux_table
 PIXEL_MULTIPLE = 16
 
 
-def flow_config(config: TrainConfig) -> FlowConfig:
-    """The run's `[flux]` settings (its defaults when the section is absent)."""
-    flux = config.flux or FluxSection()
+def flow_config(flux: FluxSection) -> FlowConfig:
+    """The flow settings of a run's `[flux]` section."""
     return FlowConfig(
         sampling=flux.timestep_sampling,
         sigmoid_scale=flux.sigmoid_scale,
@@ -213,6 +225,9 @@ class FluxTarget:
         self.config, self.device = config, accelerator.device
         m = config.model
         self.dtype = weight_dtype(config, accelerator.mixed_precision)
+        self.flux = config.flux or FluxSection()  # the defaults when the section is absent
+        # fp8_base: the block Linears are read straight into float8, tensor by tensor, so
+        # the CPU never holds the bf16 transformer (23.8 GB for FLUX.1 dev) beside them.
         self.model = load_flux_model(
             m.path,
             dtype=self.dtype,
@@ -220,24 +235,32 @@ class FluxTarget:
             t5xxl=m.t5xxl,
             ae=m.ae,
             config=m.config,
+            fp8_base=self.flux.fp8_base,
         )
-        flux = config.flux or FluxSection()
-        if flux.fp8_base:  # on the CPU, before the transformer goes to the device
-            to_fp8_base(self.model.transformer)
         # With block swap the transformer goes to the device in `inject` (`BlockSwap`),
         # without its swapped blocks' weights.
-        keep = () if flux.blocks_to_swap else (self.model.transformer,)
-        for module in (*keep, self.model.vae, *self.model.text_encoders):
+        keep = () if self.flux.blocks_to_swap else (self.model.transformer,)
+        for module in (*keep, self.model.vae):
             module.to(self.device)
         self.model.vae.float()  # as for SD: the VAE encodes in fp32
+        self.encoders_on_device = False
+        if text_cache_mode(config) == "none":  # they run every step (CLIP-L may train)
+            self._place_encoders(True)
         self.denoiser = self.model.transformer
         if config.training.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
         self.te_lr = float(config.text_encoder_lrs(1)[0])
-        self.flow = flow_config(config)
+        self.flow = flow_config(self.flux)
         self.objective = FlowObjective()
         self.text_cache: TextCache | None = None
         self.swap: BlockSwap | None = None
+
+    def _place_encoders(self, on_device: bool) -> None:
+        """CLIP-L and T5-XXL onto the device before they run, or back to the CPU."""
+        if self.encoders_on_device != on_device:
+            for module in self.model.text_encoders:
+                module.to(self.device if on_device else "cpu")
+            self.encoders_on_device = on_device
 
     def inject(self) -> None:
         """sd-scripts' default FLUX.1 modules (CLIP-L's too when it trains), continuing
@@ -253,9 +276,8 @@ class FluxTarget:
                 raise LorakitError(f"{source}: not a FLUX.1 LoRA; continue from a FLUX.1 file")
             kohya = flux_kohya_state(state, metadata, source)  # a diffusers file too
             self.network.load_kohya_state_dict(kohya, strict=False, source=source)
-        swap = (self.config.flux or FluxSection()).blocks_to_swap
-        if swap:  # after the LoRA: its parameters stay on the device
-            self.swap = BlockSwap(self.denoiser, swap, self.device)
+        if self.flux.blocks_to_swap:  # after the LoRA: its parameters stay on the device
+            self.swap = BlockSwap(self.denoiser, self.flux.blocks_to_swap, self.device)
 
     def param_groups(self) -> list[dict[str, Any]]:
         return self.network.param_groups(self.config.optimizer.unet_lr, self.te_lr)
@@ -266,18 +288,23 @@ class FluxTarget:
 
     def prepare(self) -> None:
         """A per-caption cache of (T5 sequence, CLIP pooled) when captions are fixed and
-        CLIP-L does not train."""
-        c = self.config
-        if self.te_lr > 0 or c.dataset.shuffle_caption or not c.training.cache_text_encoder:
-            return
-        self.text_cache = TextCache(self._encode)
+        CLIP-L does not train; on disk, keyed by the caption, both encoders' files, their
+        dtype and the T5 length of the variant (512 dev, 256 schnell)."""
+        m = self.config.model
+        clip = file_identity(Path(m.clip_l or m.path), ("text_encoder",))
+        t5 = file_identity(Path(m.t5xxl or m.path), ("text_encoder_2",))
+        identity = f"{clip}|{t5}|{self.dtype}|t5 length {self.model.max_sequence_length}"
+        self.text_cache = text_cache(self.config, self._encode, identity, self.device)
 
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        self._place_encoders(True)
         return encode_prompts(self.model, captions, self.device)
 
     def fill_text(self, captions: Sequence[str]) -> None:
+        """Every caption into the cache, then the encoders off the device for the steps."""
         if self.text_cache is not None:
             self.text_cache.fill(captions)
+            self._place_encoders(False)
 
     def _conditioning(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.text_cache is not None:
@@ -303,8 +330,9 @@ class FluxTarget:
         `flux-1-dev/lora` or schnell, `ss_fp8_base` as sd-scripts writes it; it has no
         key for block swap; the flow settings as `flow_metadata`), dims read from the
         network itself."""
-        fp8 = (self.config.flux or FluxSection()).fp8_base
-        return self.network.metadata(fp8_base=fp8, **flow_metadata(self.flow), **training)
+        return self.network.metadata(
+            fp8_base=self.flux.fp8_base, **flow_metadata(self.flow), **training
+        )
 
     def render_samples(
         self,
@@ -320,17 +348,21 @@ class FluxTarget:
         FLUX.1 path), the separate encoder/VAE files named in the infotext as it names them."""
         from lorakit.inference.flux_samples import generate_flux_samples
 
+        self._place_encoders(True)  # the pipeline encodes the prompts itself
         m = self.config.model
         files = {key: getattr(m, key) for key in ("ae", "clip_l", "t5xxl")}
-        return generate_flux_samples(
-            self.model,
-            prompts,
-            out_dir,
-            step=step,
-            epoch=epoch,
-            device=self.device,
-            dtype=self.dtype,
-            name=name,
-            modules={key: Path(value) if value else None for key, value in files.items()},
-            lora=lora,
-        )
+        try:
+            return generate_flux_samples(
+                self.model,
+                prompts,
+                out_dir,
+                step=step,
+                epoch=epoch,
+                device=self.device,
+                dtype=self.dtype,
+                name=name,
+                modules={key: Path(value) if value else None for key, value in files.items()},
+                lora=lora,
+            )
+        finally:
+            self._place_encoders(self.text_cache is None)

@@ -58,13 +58,26 @@ def _kohya_model(reader: Reader) -> None:
     sdxl = reader.flag("sdxl")
     if sdxl is not None:
         reader.set("model.family", "sdxl" if sdxl else "sd15")
-    if sdxl:
-        reader.copy("sdxl_cache_text_encoder_outputs", "training.cache_text_encoder", "flag")
+    _kohya_text_cache(reader, bool(sdxl))
     if reader.flag("v_parameterization"):
         reader.set("training.prediction", "v_prediction")
     weights = reader.text("network_weights") or reader.text("lora_network_weights")
     if weights:
         reader.set("network.weights", weights)
+
+
+def _kohya_text_cache(reader: Reader, sdxl: bool) -> None:
+    """sd-scripts caches text-encoder outputs with --cache_text_encoder_outputs (the GUI's
+    SDXL switch), in files with --cache_text_encoder_outputs_to_disk (the GUI's FLUX.1 key
+    `flux1_cache_text_encoder_outputs_to_disk`, or the option in additional_parameters),
+    which turns caching on by itself, as sd-scripts does."""
+    to_disk = ("cache_text_encoder_outputs_to_disk", "flux1_cache_text_encoder_outputs_to_disk")
+    if any(reader.flag(key) for key in to_disk):
+        reader.set("training.cache_text_encoder", "disk")
+        return
+    cache = reader.flag("sdxl_cache_text_encoder_outputs") if sdxl else None
+    if cache is not None:
+        reader.set("training.cache_text_encoder", "memory" if cache else "none")
 
 
 def _bucket_step(reader: Reader) -> int:

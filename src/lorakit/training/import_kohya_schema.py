@@ -108,7 +108,8 @@ COPIES = {
 # Keys read by the import's own rules (beyond the copies).
 HANDLED = words(
     """
-    v2 sdxl sdxl_cache_text_encoder_outputs v_parameterization network_weights
+    v2 sdxl sdxl_cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
+    flux1_cache_text_encoder_outputs_to_disk v_parameterization network_weights
     lora_network_weights output_dir max_resolution bucket_reso_steps bucket_no_upscale
     caption_extension LoRA_type network_dim network_alpha conv_dim conv_alpha
     learning_rate unet_lr text_encoder_lr optimizer optimizer_args use_8bit_adam

@@ -77,7 +77,7 @@ class Trainer:
         self.progress = ckpt.Progress()
         self.state = TrainState(acc, target.network, self.optimizer, self.scheduler, self.progress)
         target.prepare()
-        self.latents = latent_source(config, target.model, self.items, self.out)
+        self.latents = latent_source(config, target.model, self.items)
         self.outputs = Outputs(config, target, self.items, self.plan, acc, self.state)
         if config.dataset.color_aug and config.training.cache_latents != "none":
             notes.append("color_aug changes pixels every step: latents are encoded live")

@@ -18,7 +18,14 @@ from lorakit.models.family import detect_family
 from lorakit.threads import ThreadChoice
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import BucketBatchSampler, Items, build_items
-from lorakit.training.runtime import cpu_threads, effective_precision, precision_text
+from lorakit.training.runtime import (
+    cache_dir,
+    cpu_threads,
+    effective_precision,
+    latent_cache_mode,
+    precision_text,
+    text_cache_mode,
+)
 from lorakit.training.vram import estimate
 
 
@@ -132,6 +139,20 @@ def _saves_line(saves: list[int], config: TrainConfig) -> str:
     return line + "; the last as <name>.safetensors"
 
 
+def _caches(config: TrainConfig) -> str:
+    """Where latents and text-encoder outputs are kept, and why not as set when not."""
+    t = config.training
+    modes = latent_cache_mode(config), text_cache_mode(config)
+    latents, text = modes
+    if latents != t.cache_latents:
+        latents += " (color_aug changes pixels every step)"
+    if text != t.cache_text_encoder:
+        why = "shuffle_caption" if config.dataset.shuffle_caption else "a text encoder trains"
+        text += f" ({why})"
+    where = f"; files in {cache_dir(config)}" if "disk" in modes else ""
+    return f"latents {latents}, text-encoder outputs {text}{where}"
+
+
 def _epoch_list(epochs: list[int]) -> str:
     """`1, 2, 3` for a few epochs, `5, 10, …, 100 (20 files)` for many."""
     if len(epochs) <= 8:
@@ -205,6 +226,7 @@ def settings(
         ("batch", f"{c.training.batch_size} × grad_accum {c.training.grad_accum}"),
         ("precision", precision),
         ("seed", str(c.training.seed)),
+        ("caches", _caches(c)),
     ]
     if threads is not None:
         rows.append(("threads", threads.describe()))

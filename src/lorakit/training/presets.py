@@ -116,7 +116,7 @@ FLUX_SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("training.gradient_checkpointing", True, f"{_SD_SCRIPTS_FLUX}: --gradient_checkpointing"),
     (
         "training.cache_text_encoder",
-        True,
+        "memory",
         f"{_SD_SCRIPTS_FLUX}: --cache_text_encoder_outputs (T5-XXL stays out of the steps)",
     ),
     (

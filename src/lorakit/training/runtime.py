@@ -8,7 +8,7 @@ SDXL's VAE cannot overflow to NaN while caching latents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,14 @@ from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.lora import LoRANetwork
 from lorakit.threads import ThreadChoice, choose_threads
-from lorakit.training.caching import LatentCache, TextCache, text_encoder
+from lorakit.training.caching import (
+    LatentCache,
+    TextCache,
+    TextDisk,
+    TextRow,
+    file_identity,
+    text_encoder,
+)
 from lorakit.training.config import TrainConfig
 from lorakit.training.data import Items, TrainItem
 from lorakit.training.optim import make_optimizer, make_scheduler
@@ -153,16 +160,30 @@ def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]], total_ste
     return params, [str(g["name"]) for g in groups], optimizer, scheduler
 
 
-def latent_source(
-    config: TrainConfig, base: BaseModel | FluxModel, items: Items, out: Path
-) -> LatentCache:
-    """Latents for `items.all` then any validation item not already among them.
+def latent_cache_mode(config: TrainConfig) -> str:
+    """`training.cache_latents`, or "none" under colour augmentation (it changes pixels
+    every step, so latents are encoded live)."""
+    return "none" if config.dataset.color_aug else config.training.cache_latents
 
-    Colour augmentation changes pixels every step, so it forces live encoding.
-    """
-    mode = "none" if config.dataset.color_aug else config.training.cache_latents
+
+def text_cache_mode(config: TrainConfig) -> str:
+    """`training.cache_text_encoder`, or "none" where the outputs change every step: a
+    text encoder trains, or the captions are shuffled."""
+    if any(lr > 0 for lr in config.text_encoder_lrs(2)) or config.dataset.shuffle_caption:
+        return "none"
+    return config.training.cache_text_encoder
+
+
+def cache_dir(config: TrainConfig) -> Path:
+    """`<output_dir>/cache`: the disk caches, which `--overwrite` leaves in place."""
+    return Path(config.saving.output_dir) / "cache"
+
+
+def latent_source(config: TrainConfig, base: BaseModel | FluxModel, items: Items) -> LatentCache:
+    """Latents for `items.all` then any validation item not already among them."""
+    mode = latent_cache_mode(config)
     extra = [it for it in items.validation if all(it is not other for other in items.all)]
-    return LatentCache(base, [*items.all, *extra], mode, out / "cache" / "latents")
+    return LatentCache(base, [*items.all, *extra], mode, cache_dir(config) / "latents")
 
 
 def validation_indices(items: Items, cached: Sequence[TrainItem]) -> list[int]:
@@ -171,9 +192,25 @@ def validation_indices(items: Items, cached: Sequence[TrainItem]) -> list[int]:
 
 
 def text_cache(
-    config: TrainConfig, base: BaseModel, train_te: bool, device: torch.device
+    config: TrainConfig,
+    encode_fn: Callable[[list[str]], TextRow],
+    identity: str,
+    device: torch.device,
 ) -> TextCache | None:
-    """Cached encoder outputs when no encoder trains and captions are fixed strings."""
-    if train_te or config.dataset.shuffle_caption or not config.training.cache_text_encoder:
+    """The run's text-encoder cache (`text_cache_mode`); on disk, its files are named by
+    the caption and `identity`, what else makes the encoders' outputs."""
+    mode = text_cache_mode(config)
+    if mode == "none":
         return None
-    return TextCache(text_encoder(base, config.training.clip_skip, device))
+    disk = TextDisk(cache_dir(config) / "text", identity, device) if mode == "disk" else None
+    return TextCache(encode_fn, disk)
+
+
+def sd_text_cache(config: TrainConfig, base: BaseModel, device: torch.device) -> TextCache | None:
+    """SD1.5/SDXL's text cache: its outputs follow the checkpoint's encoders (a folder's
+    `text_encoder*` files), their dtype and the clip skip (77 tokens always). The encoders
+    stay on the device (`prepare_model`): CLIP-L/G are small beside FLUX.1's T5-XXL."""
+    t = config.training
+    files = file_identity(Path(config.model.path), ("text_encoder", "text_encoder_2"))
+    identity = f"{files}|{base.text_encoders[0].dtype}|clip_skip {t.clip_skip}"
+    return text_cache(config, text_encoder(base, t.clip_skip, device), identity, device)

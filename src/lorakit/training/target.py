@@ -35,7 +35,7 @@ from lorakit.training.runtime import (
     inject,
     prediction_type,
     prepare_model,
-    text_cache,
+    sd_text_cache,
     trained_text_encoders,
 )
 from lorakit.training.step import Batch, Stepper
@@ -125,7 +125,7 @@ class SDTarget:
             t.min_snr_gamma,
         )
         train_te = bool(self.trained_tes)
-        cache = text_cache(self.config, self.model, train_te, self.device)
+        cache = sd_text_cache(self.config, self.model, self.device)
         self.stepper = Stepper(
             self.model, self.objective, cache, train_te, t.clip_skip, self.device
         )

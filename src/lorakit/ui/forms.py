@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from lorakit.training.config import TrainConfig
+from lorakit.training.config import LEGACY_FLAGS, TrainConfig
 
 BASIC = (
     "model.path",
@@ -126,6 +126,8 @@ def display(field: Field, value: Any) -> str:
     """A value as the form shows it (TOML literals for lists and tables)."""
     if value is None:
         return ""
+    if isinstance(value, bool) and field.key in LEGACY_FLAGS:  # saved by an older lorakit
+        value = LEGACY_FLAGS[field.key][value]
     if field.kind == "bool":
         return "true" if value else "false"
     if field.kind == "toml" and not isinstance(value, str):

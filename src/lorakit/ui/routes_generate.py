@@ -19,8 +19,8 @@ from lorakit.errors import LorakitError
 from lorakit.families import FLUX1
 from lorakit.inference.metadata import read_parameters
 from lorakit.inference.prompt import parse_prompt
+from lorakit.inference.run import run_model_section
 from lorakit.inference.samplers import SAMPLERS, canonical_sampler_name
-from lorakit.training.config import load_config
 from lorakit.ui.app import redirect, ui_of
 from lorakit.ui.projects import Project
 from lorakit.ui.routes_jobs import confined_file
@@ -47,7 +47,7 @@ def flux_arguments(project: Project) -> list[str] | None:
     """`--clip-l/--t5xxl/--ae/--config` of a FLUX.1 run, from its config.toml; None for SD."""
     if run_summary(project).get("family") != FLUX1.value:
         return None
-    model = load_config(project.out / "config.toml").model
+    model = run_model_section(project.out)
     given = {"--clip-l": model.clip_l, "--t5xxl": model.t5xxl, "--ae": model.ae}
     given["--config"] = model.config
     return [part for flag, value in given.items() if value for part in (flag, value)]

@@ -98,13 +98,17 @@ def base_model(project: Project) -> str:
 
 
 @router.post("/p/{project_id}/grid")
-def render_grid(request: Request, project_id: int, steps: int = Form(20)) -> Response:
+def render_grid(request: Request, project_id: int, steps: str = Form("")) -> Response:
+    """`lorakit grid` of the run; empty steps take the family's default (SD 20, FLUX.1
+    dev 20, schnell 4)."""
     ui = ui_of(request)
     project = ui.projects.get(project_id)
     load_summary(project.out)
-    if not 1 <= steps <= 150:
-        raise LorakitError(f"steps must be between 1 and 150, got {steps}")
-    argv = ["grid", str(project.out), "--seed", "1", "--steps", str(steps)]
+    argv = ["grid", str(project.out), "--seed", "1"]
+    if steps.strip():
+        if not steps.strip().isdigit() or not 1 <= int(steps) <= 150:
+            raise LorakitError(f"steps must be a whole number from 1 to 150, got {steps!r}")
+        argv += ["--steps", steps.strip()]
     job = ui.jobs.submit(project.id, "grid", argv, {"cwd": str(project.work)})
     return redirect(f"/jobs/{job.id}")
 

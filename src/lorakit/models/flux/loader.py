@@ -6,7 +6,10 @@ and the VAE from the same all-in-one file or from their own files (`clip_l`, `t5
 the detected variant (or `config=`, a diffusers-layout folder for another size) on the meta
 device and handed the file's tensors, read one at a time and cast as they arrive, so the
 peak is the weights in the target dtype plus about one tensor (fp8 files are read the same
-way, widened on the way in). Anything missing or not fitting is a one-line LorakitError.
+way, widened on the way in). With `fp8_base` the block Linears' weights are read into
+float8 the same way (an fp8 file's as stored), so FLUX.1 dev's transformer peaks near its
+12 GB in fp8, not the 24 GB of bf16 first. Anything missing or not fitting is a one-line
+LorakitError.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lorakit.models.components import read_scheduler_config
 from lorakit.models.flux.convert import bfl_to_diffusers, transformer_rules
 from lorakit.models.flux.detect import detect_flux, folder_variant
 from lorakit.models.flux.keys import FluxLayout, component_prefix
+from lorakit.models.flux.memory import FP8, block_linears, to_fp8_base
 from lorakit.models.flux.model import FluxModel, assemble_flux_model, bundled_flux_dir
 from lorakit.models.loader import check_dtype, fill_module, from_folder
 from lorakit.models.tensors import CheckpointTensors
@@ -46,17 +50,23 @@ def load_flux_model(
     t5xxl: str | Path | None = None,
     ae: str | Path | None = None,
     config: str | Path | None = None,
+    fp8_base: bool = False,
 ) -> FluxModel:
     """Load FLUX.1 with no network access.
 
     `path` is a diffusers FluxPipeline folder, a BFL transformer file or an all-in-one
     checkpoint; `clip_l`, `t5xxl` and `ae` name separate files for what `path` lacks (or
     replace what it holds). `config` describes a model whose sizes differ from FLUX.1's.
+    `fp8_base` gives the transformer `to_fp8_base`'s float8 block weights, bit for bit
+    (each read in `dtype`, then cast), without holding it in `dtype` whole.
     """
     path = Path(path).expanduser()
     check_dtype(dtype, path)
     if path.is_dir():
-        return _load_folder(path, dtype)
+        model = _load_folder(path, dtype)
+        if fp8_base:  # diffusers reads the folder: converted after, at the bf16 peak
+            to_fp8_base(model.transformer)
+        return model
     state = CheckpointTensors(path, dtype)
     layout = detect_flux(path, state.index)
     _refuse_scaled_fp8(path, state.index)
@@ -75,7 +85,7 @@ def load_flux_model(
         )
     sources = {name: _source(path, state, layout, name, extra[name], dtype) for name in extra}
     with task(f"loading {path.name}", total=4, unit="parts") as advance:
-        transformer = _transformer(path, state, layout, folder)
+        transformer = _transformer(path, state, layout, folder, fp8_base)
         advance()
         vae = _vae(*sources["vae"], folder)
         advance()
@@ -154,8 +164,11 @@ class _Stripped(Mapping[str, torch.Tensor]):
 
 
 def _transformer(
-    path: Path, state: CheckpointTensors, layout: FluxLayout, folder: Path
+    path: Path, state: CheckpointTensors, layout: FluxLayout, folder: Path, fp8_base: bool
 ) -> torch.nn.Module:
+    """The transformer from the BFL tensors of `state`, in its dtype; with `fp8_base` the
+    block Linears' weights are read straight into float8 (the rounding of a load in its
+    dtype converted afterwards; an fp8 file's as stored), then split as views."""
     config = FluxTransformer2DModel.load_config(folder / "transformer")
     if bool(config.get("guidance_embeds")) != (layout.variant == "dev"):
         raise LorakitError(
@@ -164,9 +177,17 @@ def _transformer(
         )
     build = partial(FluxTransformer2DModel.from_config, config)
     with init_empty_weights():
-        shapes = {key: value.shape for key, value in build().state_dict().items()}
-    part = _Stripped(state, layout.transformer)
+        empty = build()
+    shapes = {key: value.shape for key, value in empty.state_dict().items()}
     rules = transformer_rules(config)
+    fp8 = {f"{name}.weight" for name in block_linears(empty)} if fp8_base else set()
+    kept = {
+        f"{layout.transformer}{rule.bfl}.{bfl}"
+        for rule in rules
+        for bfl, param in rule.params
+        if all(f"{module}.{param}" in fp8 for module in rule.diffusers)
+    }
+    part = _Stripped(_ReadAs(state, kept, FP8), layout.transformer)
     try:
         weights = bfl_to_diffusers(part, rules, shapes)
     except (KeyError, ValueError) as exc:
@@ -182,7 +203,28 @@ def _transformer(
             f"{path}: {len(left)} transformer weights the config has no place for (e.g. "
             f"{left[0]}); the file is of another size (set config= to its diffusers folder)"
         )
-    return fill_module(path, "transformer", build, weights)
+    transformer = fill_module(path, "transformer", build, weights)
+    if fp8_base:  # the weights are float8 already: this checks their range, copies nothing
+        to_fp8_base(transformer)
+    return transformer
+
+
+class _ReadAs(Mapping[str, torch.Tensor]):
+    """`state` with the tensors of `keys` read in `target` (`CheckpointTensors.read_via`)."""
+
+    def __init__(self, state: CheckpointTensors, keys: set[str], target: torch.dtype) -> None:
+        self._state, self._keys, self._target = state, keys, target
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key in self._keys:
+            return self._state.read_via(key, self._target)
+        return self._state[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
 
 
 def _is_transformer_key(key: str, layout: FluxLayout) -> bool:

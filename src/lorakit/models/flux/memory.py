@@ -6,7 +6,9 @@
   (autocast's bf16), as sd-scripts' `--fp8_base`. What stays in bf16 is tiny and is what
   rounding hurts most: the timestep/guidance/text embedders, the output projection and the
   norms. A base read from an fp8 file was widened to bf16 exactly (e4m3 ⊂ bf16), so casting
-  it back gives the file's own fp8 values.
+  it back gives the file's own fp8 values. `load_flux_model(fp8_base=True)` makes the same
+  float8 weights as it reads the file, tensor by tensor, so the bf16 transformer (24 GB for
+  FLUX.1 dev) never sits in memory whole; `to_fp8_base` then only marks the layers.
 - `BlockSwap`: sd-scripts' `--blocks_to_swap N` (the last N // 2 double and
   (N - N // 2) × 2 single blocks). Their frozen weights live on `storage` (the CPU); the
   block's own parameters become meta tensors, and every call copies the weights to
@@ -22,7 +24,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,29 +49,48 @@ class Fp8Linear(nn.Linear):
         return F.linear(x.to(dtype), self.weight.to(dtype), bias)
 
 
-def _blocks(transformer: nn.Module) -> Iterator[nn.Module]:
-    yield from transformer.transformer_blocks
-    yield from transformer.single_transformer_blocks
+BLOCK_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")
+
+
+def block_linears(transformer: nn.Module) -> dict[str, nn.Linear]:
+    """The plain Linears inside the double and single blocks, by their name in
+    `transformer` (its state dict holds `<name>.weight`): the layers fp8_base stores."""
+    return {
+        name: module
+        for name, module in transformer.named_modules()
+        if name.startswith(BLOCK_PREFIXES) and type(module) is nn.Linear
+    }
+
+
+def _has_nan(weight: torch.Tensor) -> bool:
+    """Whether a float8 e4m3fn tensor holds a NaN: the codes with all seven magnitude bits
+    set (the format has no infinities, and torch 2.13 saturates a cast beyond ±448, so a
+    NaN comes from the weights). Tested on the bytes: widening float8 to check it is ≈10×
+    slower on a CPU."""
+    return bool((weight.view(torch.uint8) & 0x7F).max() == 0x7F)
+
+
+def as_fp8_linear(module: nn.Linear) -> None:
+    """Make `module` an `Fp8Linear` whose weight is float8 e4m3 (cast here, or already cast
+    by the loader as it read the file: then `.to` is a no-op and only the range is checked)."""
+    weight = module.weight.detach().to(FP8)
+    if not weight.is_meta and _has_nan(weight):
+        raise LorakitError(
+            "flux.fp8_base: a block weight exceeds float8 e4m3's range (±448); "
+            "train this model without fp8_base"
+        )
+    module.__class__ = Fp8Linear
+    module.weight = nn.Parameter(weight, requires_grad=False)
 
 
 def to_fp8_base(transformer: nn.Module) -> int:
     """Store every block Linear's weight as float8 e4m3 (biases keep their dtype); the
-    number of layers converted. Before a LoRA is injected (it wraps these Linears)."""
-    count = 0
-    for block in _blocks(transformer):
-        for module in block.modules():
-            if type(module) is not nn.Linear:
-                continue
-            weight = module.weight.detach().to(FP8)
-            if not weight.is_meta and not torch.isfinite(weight.to(torch.bfloat16)).all():
-                raise LorakitError(
-                    "flux.fp8_base: a block weight exceeds float8 e4m3's range (±448); "
-                    "train this model without fp8_base"
-                )
-            module.__class__ = Fp8Linear
-            module.weight = nn.Parameter(weight, requires_grad=False)
-            count += 1
-    return count
+    number of layers converted (0 for a transformer loaded with `fp8_base`). Before a LoRA
+    is injected (it wraps these Linears)."""
+    linears = block_linears(transformer)
+    for module in linears.values():
+        as_fp8_linear(module)
+    return len(linears)
 
 
 def parameter_bytes(module: nn.Module) -> int:

@@ -71,6 +71,12 @@ class FluxModel:
     def max_sequence_length(self) -> int:
         return MAX_SEQUENCE_LENGTH[self.variant]
 
+    @property
+    def latent_stride(self) -> int:
+        """What image sides must be multiples of: the VAE's reduction × the transformer's
+        2×2 latent patches (16 px for FLUX.1)."""
+        return 2 ** len(self.vae.config.block_out_channels)
+
     def pipeline(self, scheduler: SchedulerMixin | None = None) -> FluxPipeline:
         """A diffusers FluxPipeline over these very modules (no copy)."""
         if scheduler is None:
