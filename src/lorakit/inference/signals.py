@@ -46,6 +46,7 @@ from lorakit.errors import LorakitError
 from lorakit.families import FLUX1
 from lorakit.inference.flux_signals import FluxSignals
 from lorakit.inference.sd_signals import SDSignals
+from lorakit.progress import track
 from lorakit.training.caching import encode_latents
 from lorakit.training.config import TrainConfig, load_config
 from lorakit.training.data import Items, TrainItem, build_items, load_pixels
@@ -258,7 +259,7 @@ def measure_epochs(
     setup = time.perf_counter() - started
     per_epoch = {}
     started = time.perf_counter()
-    for epoch, path in files:
+    for epoch, path in track(files, "signals per epoch"):
         with family.applied(path):
             per_epoch[epoch] = epoch_signals(family, probe, plain)
     seconds = (time.perf_counter() - started) / max(1, len(files))
