@@ -26,8 +26,8 @@ from lorakit.training.config import (
     OptimizerName,
     SchedulerName,
     config_from_dict,
-    step_multiples,
 )
+from lorakit.training.config_checks import step_multiples
 
 _OPTIMIZERS = set(get_args(OptimizerName))
 # sd-scripts optimizers lorakit trains with one of its own whose LR means the same
