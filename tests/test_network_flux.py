@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from lorakit.cli.main import main
 from lorakit.models.flux.model import FluxModel, empty_flux_model
+from lorakit.network.files import load_lora_file
 from lorakit.network.flux import (
     FluxSite,
     comfyui_accepted_names,
@@ -204,25 +205,34 @@ def _peft_spelling(key: str) -> str:
 
 
 @pytest.mark.parametrize("layout", ["kohya", "diffusers", "metadata"])
-def test_flux_lora_given_to_sd_commands_is_one_line(
+def test_flux_lora_is_read_as_flux_not_sdxl(
     layout: str,
     tiny_sites: list[FluxSite],
+    tiny_sd15_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Its CLIP-L keys (`lora_te1_`) must not pass it off as an SDXL LoRA (resize, merge and
-    extract are SD-only until FLUX.1's phase 2 reaches them)."""
+    """Its CLIP-L keys (`lora_te1_`) must not pass it off as an SDXL LoRA: resize keeps it
+    a FLUX.1 file, and merging it into an SD checkpoint is one line."""
     kohya = _kohya(tiny_sites, alpha=1.0)
     state = flux_kohya_to_diffusers(kohya, tiny_sites) if layout == "diffusers" else kohya
     metadata = {}
     if layout == "metadata":
         state = {k: v for k, v in kohya.items() if k.startswith("lora_te1_")}
         metadata = {"ss_base_model_version": "flux1", "modelspec.architecture": "flux-1-dev/lora"}
-    path = tmp_path / "flux.safetensors"
+    path, out = tmp_path / "flux.safetensors", tmp_path / "out.safetensors"
     save_file(state, path, metadata=metadata)
-    assert (
-        main(["lora", "resize", str(path), str(tmp_path / "out.safetensors"), "--rank", "2"]) == 2
+    assert main(["lora", "resize", str(path), str(out), "--rank", "2"]) == 0
+    resized, written = load_lora_file(out)
+    assert written["ss_base_model_version"] == "flux1"
+    assert written["ss_network_module"] == "networks.lora_flux"
+    assert all(
+        key.startswith(("lora_unet_double", "lora_unet_single", "lora_te1_")) for key in resized
     )
+    capsys.readouterr()
+    merged = tmp_path / "merged.safetensors"
+    command = ["lora", "merge", "--model", str(tiny_sd15_dir), "--lora", str(path)]
+    assert main([*command, "--out", str(merged)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("a FLUX.1 LoRA; this command takes SD1.5 and SDXL LoRAs"), err
-    assert "\n" not in err
+    assert "\n" not in err and not merged.exists()
