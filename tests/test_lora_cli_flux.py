@@ -8,16 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import FluxPipeline
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lorakit.cli.main import main
-from lorakit.models.flux.flow import FlowConfig
+from lorakit.inference.flux_generate import applied_flux_loras, load_flux_for_inference
+from lorakit.inference.prompt import LoraRef
+from lorakit.models.flux.flow import FlowConfig, encode_prompts, predict_velocity
+from lorakit.models.flux.model import FluxModel
 from lorakit.network.config import LoRAConfig
 from lorakit.network.files import load_lora_file
 from lorakit.network.flux import FluxSite, flux_kohya_to_diffusers, flux_sites
 from lorakit.network.flux_files import flow_metadata, flux_lora_metadata, full_size_sites
-from tests.helpers.flux import tiny_flux_model, tiny_flux_pipeline
+from tests.helpers.flux import (
+    tiny_flux_model,
+    tiny_flux_pipeline,
+    write_all_in_one,
+    write_flux_files,
+)
 
 RANK = 4
 
@@ -270,3 +279,50 @@ def test_merge_and_resize_keep_a_flux_file_s_update(
         assert metadata["ss_network_module"] == "networks.lora_flux"
         assert metadata["ss_network_dim"] == str(2 * RANK)
     assert main(["lora", "verify", str(resized), "--base", str(flux_folder)]) == 0
+
+
+def _outputs(model: FluxModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP-L's pooled vector and the transformer's velocity on fixed inputs."""
+    generator = torch.Generator().manual_seed(3)
+    sequence, pooled = encode_prompts(model, ["a photo of sks"], "cpu")
+    noisy = torch.randn(1, 16, 4, 4, generator=generator)
+    velocity = predict_velocity(model.transformer, noisy, torch.tensor([0.5]), sequence, pooled)
+    return pooled, velocity
+
+
+def test_merge_into_a_flux_file_bakes_the_lora_in(
+    tiny_sites: list[FluxSite],
+    flux_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`lora merge --model` on an all-in-one FLUX.1 file: the merged model computes what the
+    base computes with the LoRA applied (transformer and CLIP-L); a BFL transformer file
+    takes the transformer's modules and refuses CLIP-L's in one line; bf16 by default."""
+    pipe = FluxPipeline.from_pretrained(flux_folder)
+    files = write_flux_files(pipe, tmp_path / "files")
+    all_in_one = write_all_in_one(pipe, tmp_path / "all-in-one.safetensors")
+    lora = _write_kohya(tiny_sites, tmp_path / "lora.safetensors", alpha=2.0)
+    merged = tmp_path / "merged.safetensors"
+    merge = ["lora", "merge", "--lora", f"{lora}:0.5", "--model"]
+    assert main([*merge, str(all_in_one), "--out", str(merged), "--dtype", "fp32"]) == 0
+
+    base = load_flux_for_inference(all_in_one, "cpu", config=flux_folder)
+    with applied_flux_loras(base, [LoraRef("lora", lora, 0.5)]):
+        expected = _outputs(base)
+    got = _outputs(load_flux_for_inference(merged, "cpu", config=flux_folder))
+    for name, a, b in zip(("CLIP-L pooled", "velocity"), got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(got[1], _outputs(base)[1])  # the LoRA did change the model
+
+    transformer_only = tmp_path / "bfl-merged.safetensors"
+    capsys.readouterr()
+    assert main([*merge, str(files["transformer"]), "--out", str(transformer_only)]) == 2
+    assert "module lora_te1_" in _error_line(capsys) and not transformer_only.exists()
+    unet = tmp_path / "unet.safetensors"
+    unet_state = {k: v for k, v in _tensors(lora).items() if k.startswith("lora_unet_")}
+    save_file(unet_state, unet, metadata=flux_lora_metadata("dev", LoRAConfig(RANK, 2.0)))
+    command = ["lora", "merge", "--lora", str(unet), "--model", str(files["transformer"])]
+    assert main([*command, "--out", str(transformer_only)]) == 0
+    with safe_open(str(transformer_only), framework="pt") as handle:
+        assert handle.get_tensor("double_blocks.0.img_attn.qkv.weight").dtype == torch.bfloat16

@@ -213,7 +213,7 @@ def test_flux_lora_is_read_as_flux_not_sdxl(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Its CLIP-L keys (`lora_te1_`) must not pass it off as an SDXL LoRA: resize keeps it
-    a FLUX.1 file, and merging it into an SD checkpoint is one line."""
+    a FLUX.1 file, and merging it into an SD checkpoint is one line naming both families."""
     kohya = _kohya(tiny_sites, alpha=1.0)
     state = flux_kohya_to_diffusers(kohya, tiny_sites) if layout == "diffusers" else kohya
     metadata = {}
@@ -234,5 +234,6 @@ def test_flux_lora_is_read_as_flux_not_sdxl(
     command = ["lora", "merge", "--model", str(tiny_sd15_dir), "--lora", str(path)]
     assert main([*command, "--out", str(merged)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("a FLUX.1 LoRA; this command takes SD1.5 and SDXL LoRAs"), err
+    assert err.endswith("model; merge LoRAs made for that family"), err
+    assert "a flux1 LoRA, but" in err
     assert "\n" not in err and not merged.exists()

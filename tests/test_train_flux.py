@@ -318,7 +318,7 @@ def test_sd_only_commands_refuse_flux_in_one_line(
 ) -> None:
     paths = {**{key: str(value) for key, value in flux.items()}, "out": str(tmp_path)}
     err = _one_line_error([part.format(**paths) for part in command], capsys)
-    assert "merging a LoRA into a FLUX model and extracting one" in err
+    assert "extracting a LoRA from FLUX.1 models is not supported yet" in err
 
 
 def test_flux_section_defaults_are_flow_configs() -> None:

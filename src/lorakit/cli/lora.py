@@ -207,7 +207,9 @@ def _register_tools(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("--model", help="base checkpoint: single file or diffusers folder")
     _add_rank_options(merge, required=False)
     merge.add_argument(
-        "--dtype", choices=DTYPES, help="dtype written (default: fp16 for a model, else the LoRA's)"
+        "--dtype",
+        choices=DTYPES,
+        help="dtype written (default: fp16 for an SD model, bf16 for FLUX.1, else the LoRA's)",
     )
     merge.add_argument("--json", action="store_true", help="print the kept norms as JSON")
     merge.set_defaults(func=run_merge)
@@ -275,7 +277,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
     if args.rank is not None or args.conv_rank is not None or args.dynamic is not None:
         raise LorakitError("--rank, --conv-rank and --dynamic size a merged LoRA; not with --model")
-    print(f"wrote {merge_into_checkpoint(args.model, loras, args.out, args.dtype or 'fp16')}")
+    print(f"wrote {merge_into_checkpoint(args.model, loras, args.out, args.dtype)}")
     return 0
 
 

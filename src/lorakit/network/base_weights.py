@@ -20,9 +20,11 @@ A tiny test model of a family is a subset of the full-size names, so the same ta
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -30,7 +32,6 @@ from safetensors import safe_open
 from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, empty_base_model
 from lorakit.models.components import TEXT_ENCODERS
-from lorakit.models.family import refuse_flux
 from lorakit.models.tensors import CheckpointTensors
 from lorakit.network.lora import all_sites
 from lorakit.network.naming import UNET_PART, Site, ldm_block_map, site_index, to_ldm_path
@@ -93,7 +94,15 @@ class Checkpoint:
         self.family = family
         self.is_folder = path.is_dir()
         self.tensors = {file: CheckpointTensors(file) for file in files}
-        self.sites, self._block_map = family_layout(family)
+
+    @cached_property
+    def sites(self) -> Mapping[str, Any]:
+        """kohya module name (either spelling) → what `locate` takes."""
+        return family_layout(self.family)[0]
+
+    @cached_property
+    def _block_map(self) -> dict[str, str]:
+        return family_layout(self.family)[1]
 
     @property
     def files(self) -> list[Path]:
@@ -129,7 +138,7 @@ class Checkpoint:
             return f"{OPEN_CLIP}{layer}.attn.in_proj_weight", _QKV.index(qkv)
         return f"{OPEN_CLIP}{layer}.{_OPEN_CLIP_NAMES[module]}.weight", None
 
-    def locate(self, site: Site) -> WeightRef | None:
+    def locate(self, site: Any) -> WeightRef | None:
         """Where `site`'s weight is in this checkpoint; None when it has no such tensor."""
         if self.is_folder:
             return self._folder_ref(site)
@@ -183,6 +192,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     family = detect_family(path)
     if family is ModelFamily.FLUX1:
-        refuse_flux(path, "a FLUX.1 model")
+        if path.is_dir():
+            raise LorakitError(
+                f"{path}: a FLUX.1 diffusers folder; merging and extracting take FLUX.1 as a "
+                "single file (flux1-dev.safetensors or an all-in-one checkpoint)"
+            )
+        from lorakit.network.flux_checkpoint import FluxCheckpoint  # it subclasses Checkpoint
+
+        return FluxCheckpoint(path)
     files = _folder_files(path, family) if path.is_dir() else [path]
     return Checkpoint(path, family, files)

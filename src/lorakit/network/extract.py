@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.errors import LorakitError
+from lorakit.models import ModelFamily
+from lorakit.models.family import refuse_flux
 from lorakit.network.base_weights import Checkpoint, WeightRef, family_architecture, open_checkpoint
 from lorakit.network.files import parse_dtype, save_lora_file
 from lorakit.network.lora import network_sites
@@ -90,6 +92,9 @@ def extract_lora(
     pairs: dict[str, LoRAPair] = {}
     fits: list[ModuleFit] = []
     checkpoints = open_checkpoint(base), open_checkpoint(tuned)
+    for checkpoint in checkpoints:
+        if checkpoint.family is ModelFamily.FLUX1:
+            refuse_flux(checkpoint.path, "a FLUX.1 model")
     layers = _layers(*checkpoints, conv=conv_rank is not None)
     for site, base_ref, tuned_ref in track(layers, "extracting"):
         limit = conv_rank if conv_rank is not None and site.kind == "conv" else rank

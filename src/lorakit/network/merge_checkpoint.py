@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from lorakit.errors import LorakitError
+from lorakit.models import ModelFamily
 from lorakit.network.base_weights import Checkpoint, WeightRef, open_checkpoint
 from lorakit.network.files import parse_dtype
 from lorakit.network.kinds import delta_shape_fits, missing_keys, module_change, module_kind
@@ -178,17 +179,21 @@ def merge_into_checkpoint(
     model: str | Path,
     loras: Sequence[tuple[str | Path, float]],
     out: str | Path,
-    dtype: str = "fp16",
+    dtype: str | None = None,
 ) -> Path:
-    """Bake `loras` ((file, weight) pairs) into the base `model`, written to `out`."""
+    """Bake `loras` ((file, weight) pairs) into the base `model`, written to `out` in
+    `dtype` (default: fp16 for SD, bf16 for FLUX.1, as each ships; fp16 overflows FLUX)."""
     model, out = Path(model), Path(out)
-    save_dtype = parse_dtype(dtype)
+    if dtype is not None:
+        parse_dtype(dtype)
     if not loras:
         raise LorakitError("no LoRA to merge; pass --lora FILE[:WEIGHT]")
     check_merge_output(model, out)
-    read = [(read_modules(path, lycoris=True), float(weight)) for path, weight in loras]
+    read = [(read_modules(path, lycoris=True, flux=True), float(w)) for path, w in loras]
     note = ", ".join(f"{lora.path.name}:{weight:g}" for lora, weight in read)
     checkpoint = open_checkpoint(model)
+    default = "bf16" if checkpoint.family is ModelFamily.FLUX1 else "fp16"
+    save_dtype = parse_dtype(dtype or default)
     plan = plan_merge(checkpoint, read)
     if checkpoint.is_folder:
         _write_folder(checkpoint, out, plan, save_dtype, note)
