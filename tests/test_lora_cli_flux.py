@@ -290,7 +290,7 @@ def _outputs(model: FluxModel) -> tuple[torch.Tensor, torch.Tensor]:
     return pooled, velocity
 
 
-def test_merge_into_a_flux_file_bakes_the_lora_in(
+def test_merge_into_a_flux_file_and_extract_it_back(
     tiny_sites: list[FluxSite],
     flux_folder: Path,
     tmp_path: Path,
@@ -298,7 +298,8 @@ def test_merge_into_a_flux_file_bakes_the_lora_in(
 ) -> None:
     """`lora merge --model` on an all-in-one FLUX.1 file: the merged model computes what the
     base computes with the LoRA applied (transformer and CLIP-L); a BFL transformer file
-    takes the transformer's modules and refuses CLIP-L's in one line; bf16 by default."""
+    takes the transformer's modules and refuses CLIP-L's in one line; bf16 by default.
+    `lora extract` of the merged file against its base gives the LoRA's update back."""
     pipe = FluxPipeline.from_pretrained(flux_folder)
     files = write_flux_files(pipe, tmp_path / "files")
     all_in_one = write_all_in_one(pipe, tmp_path / "all-in-one.safetensors")
@@ -326,3 +327,18 @@ def test_merge_into_a_flux_file_bakes_the_lora_in(
     assert main([*command, "--out", str(transformer_only)]) == 0
     with safe_open(str(transformer_only), framework="pt") as handle:
         assert handle.get_tensor("double_blocks.0.img_attn.qkv.weight").dtype == torch.bfloat16
+
+    # extract: the fine-tune minus its base gives the merged LoRA's update back
+    tuned, extracted = tmp_path / "tuned.safetensors", tmp_path / "extracted.safetensors"
+    assert main([*command, "--out", str(tuned), "--dtype", "fp32"]) == 0
+    extract = ["lora", "extract", str(files["transformer"]), str(tuned), str(extracted)]
+    assert main([*extract, "--rank", str(RANK), "--dtype", "fp32"]) == 0
+    got, expected = _deltas(extracted), _deltas(unet)
+    assert got.keys() == expected.keys()
+    for name, delta in expected.items():
+        torch.testing.assert_close(got[name], delta, rtol=1e-4, atol=2e-5, msg=name)
+    with safe_open(str(extracted), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_base_model_version"] == "flux1"
+    assert metadata["modelspec.architecture"] == "flux-1-dev/lora"
+    assert metadata["ss_network_module"] == "networks.lora_flux"

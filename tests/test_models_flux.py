@@ -104,7 +104,7 @@ def test_flux_is_detected_and_refused_where_sd_is_expected(flux: dict[str, Path]
     """detect_family tells FLUX1 (training routes on it); the SD loader refuses it."""
     for path in (flux["transformer"], flux["all_in_one"], flux["folder"]):
         assert detect_family(path) is ModelFamily.FLUX1
-        with pytest.raises(LorakitError, match=r"FLUX\.1.*not supported yet") as caught:
+        with pytest.raises(LorakitError, match=r"FLUX\.1.*this step loads SD1\.5/SDXL") as caught:
             load_base_model(path)
         assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 

@@ -307,20 +307,6 @@ def test_flux_signals_of_a_lora_that_changes_nothing_are_zero(full: Path, tmp_pa
     assert abs(measured[EPOCHS]["fidelity"]) > 1e-3 and measured[EPOCHS]["bleed"] > 1e-3
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["lora", "extract", "{transformer}", "{transformer}", "{out}/x.safetensors", "--rank", "2"],
-    ],
-)
-def test_sd_only_commands_refuse_flux_in_one_line(
-    flux: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
-) -> None:
-    paths = {**{key: str(value) for key, value in flux.items()}, "out": str(tmp_path)}
-    err = _one_line_error([part.format(**paths) for part in command], capsys)
-    assert "extracting a LoRA from FLUX.1 models is not supported yet" in err
-
-
 def test_flux_section_defaults_are_flow_configs() -> None:
     flux, flow = FluxSection(), FlowConfig()
     assert (flux.timestep_sampling, flux.flow_shift, flux.sigmoid_scale, flux.guidance) == (

@@ -81,11 +81,10 @@ def _refuse_other_models(keys: list[str], path: Path) -> None:
 
 
 def refuse_flux(path: Path, what: str) -> None:
-    """FLUX.1 where only an SD1.5/SDXL `BaseModel` will do (extraction)."""
+    """FLUX.1 where only an SD1.5/SDXL `BaseModel` will do."""
     raise LorakitError(
-        f"{path}: {what}; FLUX.1 is supported by `lorakit train`, `generate`, `grid`, `pick` "
-        "and the LoRA file commands, merging into a FLUX.1 file included, but extracting a "
-        "LoRA from FLUX.1 models is not supported yet"
+        f"{path}: {what}; this step loads SD1.5/SDXL models (FLUX.1 goes through `lorakit "
+        "train`, `generate`, `grid`, `pick` and the `lora` commands)"
     )
 
 

@@ -33,7 +33,7 @@ from lorakit.errors import LorakitError
 from lorakit.models import BaseModel, ModelFamily, detect_family, empty_base_model
 from lorakit.models.components import TEXT_ENCODERS
 from lorakit.models.tensors import CheckpointTensors
-from lorakit.network.lora import all_sites
+from lorakit.network.lora import all_sites, network_sites
 from lorakit.network.naming import UNET_PART, Site, ldm_block_map, site_index, to_ldm_path
 
 LDM_UNET = "model.diffusion_model."
@@ -103,6 +103,22 @@ class Checkpoint:
     @cached_property
     def _block_map(self) -> dict[str, str]:
         return family_layout(self.family)[1]
+
+    def targets(self, conv: bool) -> list[tuple[str, bool]]:
+        """sd-scripts' default LoRA modules of the family as (name, is a 3×3 conv); `conv`
+        adds the convs."""
+        sites = network_sites(family_architecture(self.family), conv=conv)
+        return [(site.name, site.kind == "conv") for site in sites]
+
+    def ref(self, name: str) -> WeightRef | None:
+        """Where the module `name`'s weight is in this checkpoint; None without that layer."""
+        site = self.sites.get(name)
+        return None if site is None else self.locate(site)
+
+    @property
+    def lora_metadata(self) -> dict[str, str]:
+        """What a LoRA made from this checkpoint inherits besides its name (nothing for SD)."""
+        return {}
 
     @property
     def files(self) -> list[Path]:

@@ -1,7 +1,8 @@
 """`lora extract`: a LoRA from the difference of two checkpoints (a fine-tune and its base).
 
 The layers are sd-scripts' default LoRA targets of the family (plus the 3×3 convs with
-`conv_rank`), named as lorakit names them when training. Each layer's difference
+`conv_rank`), named as lorakit names them when training (FLUX.1: sd-scripts' FLUX names,
+`Checkpoint.targets`). Each layer's difference
 ΔW = W_tuned − W_base is read tensor by tensor in fp32, skipped when no entry moved by more
 than `min_diff`, and cut to its leading singular directions by a seeded randomized SVD
 (`lorakit.network.svd.randomized_svd`), √σ on each side, alpha = rank (scale 1), as
@@ -15,12 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorakit.errors import LorakitError
-from lorakit.models import ModelFamily
-from lorakit.models.family import refuse_flux
-from lorakit.network.base_weights import Checkpoint, WeightRef, family_architecture, open_checkpoint
+from lorakit.network.base_weights import Checkpoint, WeightRef, open_checkpoint
 from lorakit.network.files import parse_dtype, save_lora_file
-from lorakit.network.lora import network_sites
-from lorakit.network.naming import Site
 from lorakit.network.pairs import LoRAPair, pairs_state, reworked_metadata
 from lorakit.network.resize import check_output, check_ranks
 from lorakit.network.svd import ModuleFit, randomized_svd
@@ -31,26 +28,29 @@ DEFAULT_MIN_DIFF = 1e-4
 
 def _layers(
     base: Checkpoint, tuned: Checkpoint, conv: bool
-) -> list[tuple[Site, WeightRef, WeightRef]]:
-    """The target layers both checkpoints hold, with matching shapes."""
+) -> list[tuple[str, bool, WeightRef, WeightRef]]:
+    """The target layers both checkpoints hold, with matching shapes: (module name, is a
+    3×3 conv, base weight, tuned weight)."""
     if base.family is not tuned.family:
         raise LorakitError(
             f"{tuned.path}: a {tuned.family.value} model, but {base.path} is "
             f"{base.family.value}; extract from a fine-tune of that very base"
         )
     found = []
-    for site in network_sites(family_architecture(base.family), conv=conv):
-        refs = base.locate(site), tuned.locate(site)
+    for name, is_conv in base.targets(conv):
+        refs = base.ref(name), tuned.ref(name)
         if refs == (None, None):
             continue  # not part of this (smaller) model
         if None in refs or base.shape(refs[0]) != tuned.shape(refs[1]):
             raise LorakitError(
-                f"{tuned.path}: layer {site.name} differs in shape from {base.path} or is "
+                f"{tuned.path}: layer {name} differs in shape from {base.path} or is "
                 "missing; the two models are of different architectures"
             )
-        found.append((site, *refs))
+        found.append((name, is_conv, *refs))
     if not found:
-        raise LorakitError(f"{base.path}: no LoRA-able layers found; give SD1.5/SDXL checkpoints")
+        raise LorakitError(
+            f"{base.path}: no LoRA-able layers found; give SD1.5/SDXL or FLUX.1 checkpoints"
+        )
     return found
 
 
@@ -92,15 +92,12 @@ def extract_lora(
     pairs: dict[str, LoRAPair] = {}
     fits: list[ModuleFit] = []
     checkpoints = open_checkpoint(base), open_checkpoint(tuned)
-    for checkpoint in checkpoints:
-        if checkpoint.family is ModelFamily.FLUX1:
-            refuse_flux(checkpoint.path, "a FLUX.1 model")
     layers = _layers(*checkpoints, conv=conv_rank is not None)
-    for site, base_ref, tuned_ref in track(layers, "extracting"):
-        limit = conv_rank if conv_rank is not None and site.kind == "conv" else rank
-        result = _extract_layer(site.name, checkpoints, (base_ref, tuned_ref), limit, min_diff)
+    for name, is_conv, base_ref, tuned_ref in track(layers, "extracting"):
+        limit = conv_rank if conv_rank is not None and is_conv else rank
+        result = _extract_layer(name, checkpoints, (base_ref, tuned_ref), limit, min_diff)
         if result is not None:
-            pairs[site.name], fit = result
+            pairs[name], fit = result
             fits.append(fit)
     if not pairs:
         raise LorakitError(
@@ -109,6 +106,7 @@ def extract_lora(
         )
     comment = f"extracted from {Path(tuned).name} - {Path(base).name} at rank {rank}"
     family = checkpoints[0].family
-    meta = reworked_metadata(family, pairs, comment, {"ss_sd_model_name": Path(base).name})
+    previous = {"ss_sd_model_name": Path(base).name, **checkpoints[0].lora_metadata}
+    meta = reworked_metadata(family, pairs, comment, previous)
     save_lora_file(out, pairs_state(pairs, save_dtype), meta)
     return fits, len(layers) - len(pairs)

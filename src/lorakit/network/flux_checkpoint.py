@@ -17,6 +17,7 @@ from pathlib import Path
 from lorakit.models import ModelFamily
 from lorakit.models.flux.detect import detect_flux
 from lorakit.network.base_weights import Checkpoint, WeightRef
+from lorakit.network.flux_files import full_size_sites
 
 _WEIGHT = ".weight"
 # kohya's prefix per component: the transformer ("unet", as sd-scripts keeps it) and CLIP-L.
@@ -55,3 +56,13 @@ class FluxCheckpoint(Checkpoint):
     def locate(self, site: str) -> WeightRef | None:
         """The weight `sites` found for a module (by then it is known to be in the file)."""
         return WeightRef(self.path, site)
+
+    def targets(self, conv: bool) -> list[tuple[str, bool]]:
+        """sd-scripts' FLUX.1 LoRA modules (CLIP-L's included; all Linear, so `conv` adds
+        nothing); the ones this file lacks are skipped by whoever asks for them."""
+        return [(site.name, False) for site in full_size_sites(self.layout.variant)]
+
+    @property
+    def lora_metadata(self) -> dict[str, str]:
+        """The variant, so a LoRA made from a schnell file says schnell."""
+        return {"modelspec.architecture": f"flux-1-{self.layout.variant}/lora"}
