@@ -149,14 +149,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_flux(args: argparse.Namespace, loras: list[Any]) -> int:
     """FLUX.1 txt2img (the SD-only options were refused): `generate_flux`."""
     from lorakit.inference.flux_generate import (
-        MODULE_FILES,
         FluxOptions,
         generate_flux,
         load_flux_for_inference,
+        module_files,
     )
     from lorakit.inference.generate import save_generated
 
-    files = {key: getattr(args, key) for key in MODULE_FILES}
+    files = module_files(args)
     model = load_flux_for_inference(
         args.model, args.device, config=args.config, guidance=args.guidance, **files
     )

@@ -95,14 +95,13 @@ def _renderer(args: argparse.Namespace, model: Path, prompt: str) -> GridRendere
     refuse_other_family(args, model, flux)
     if flux:
         from lorakit.inference.flux_generate import (
-            MODULE_FILES,
             FluxOptions,
             load_flux_for_inference,
+            module_files,
         )
         from lorakit.inference.grid_render import FluxGridRenderer
 
-        given = {key: getattr(args, key) or getattr(section, key) for key in MODULE_FILES}
-        files = {key: Path(value) if value else None for key, value in given.items()}
+        files = module_files(args, section)
         base = load_flux_for_inference(
             model, args.device, config=config, guidance=args.guidance, **files
         )

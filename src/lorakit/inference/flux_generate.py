@@ -58,6 +58,17 @@ MODULE_FILES = ("ae", "clip_l", "t5xxl")
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 
+def module_files(*sources: object) -> dict[str, Path | None]:
+    """The separate component files (`MODULE_FILES`, in the infotext's order) as paths, each
+    from the first of `sources` that names it (command-line arguments, then a run's
+    `[model]` section); None where none does."""
+    found: dict[str, Path | None] = {}
+    for key in MODULE_FILES:
+        value = next((given for source in sources if (given := getattr(source, key, None))), None)
+        found[key] = Path(value) if value else None
+    return found
+
+
 @dataclass
 class FluxOptions:
     """One FLUX.1 request; None = the variant's default (size 1024, steps, guidance)."""

@@ -31,6 +31,7 @@ from lorakit.inference.flux_generate import (
     DEFAULT_GUIDANCE,
     applied_flux_loras,
     load_flux_for_inference,
+    module_files,
 )
 from lorakit.inference.prompt import LoraRef
 from lorakit.models.flux.flow import add_noise, encode_prompts, predict_velocity, unpack_latents
@@ -55,17 +56,11 @@ class FluxSignals:
     def load(cls, config: TrainConfig, summary: dict[str, Any], device: str | None) -> FluxSignals:
         """The run's base with its separate encoder / VAE files, as training loaded it."""
         m = config.model
-
-        def path(value: str | None) -> Path | None:
-            return Path(value) if value else None
-
         model = load_flux_for_inference(
             Path(summary.get("base_model") or m.path),
             device,
-            clip_l=path(m.clip_l),
-            t5xxl=path(m.t5xxl),
-            ae=path(m.ae),
-            config=path(m.config),
+            config=Path(m.config) if m.config else None,
+            **module_files(m),
         )
         return cls(model, (config.flux or FluxSection()).guidance)
 

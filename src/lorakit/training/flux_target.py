@@ -346,11 +346,10 @@ class FluxTarget:
     ) -> list[Path]:
         """The prompts through the loaded model and the live network (`lorakit generate`'s
         FLUX.1 path), the separate encoder/VAE files named in the infotext as it names them."""
+        from lorakit.inference.flux_generate import module_files
         from lorakit.inference.flux_samples import generate_flux_samples
 
         self._place_encoders(True)  # the pipeline encodes the prompts itself
-        m = self.config.model
-        files = {key: getattr(m, key) for key in ("ae", "clip_l", "t5xxl")}
         try:
             return generate_flux_samples(
                 self.model,
@@ -361,7 +360,7 @@ class FluxTarget:
                 device=self.device,
                 dtype=self.dtype,
                 name=name,
-                modules={key: Path(value) if value else None for key, value in files.items()},
+                modules=module_files(self.config.model),
                 lora=lora,
             )
         finally:

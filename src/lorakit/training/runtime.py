@@ -168,7 +168,8 @@ def latent_cache_mode(config: TrainConfig) -> str:
 
 def text_cache_mode(config: TrainConfig) -> str:
     """`training.cache_text_encoder`, or "none" where the outputs change every step: a
-    text encoder trains, or the captions are shuffled."""
+    text encoder trains, or the captions are shuffled. Two rates cover every family: a list
+    of two is SDXL's alone (`plan` refuses it elsewhere), one rate applies to all."""
     if any(lr > 0 for lr in config.text_encoder_lrs(2)) or config.dataset.shuffle_caption:
         return "none"
     return config.training.cache_text_encoder

@@ -293,7 +293,7 @@ def flux_counts(variant: str) -> FluxCounts:
         double_blocks=len(tr.transformer_blocks),
         single_blocks=len(tr.single_transformer_blocks),
         lora_width=sum(site.in_features + sum(site.rows) for site in sites),
-        patch=2 ** len(model.vae.config.block_out_channels),
+        patch=model.latent_stride,
     )
 
 
