@@ -87,15 +87,15 @@ class FluxSignals:
         scale = pipe.vae_scale_factor
         return unpack_latents(packed.float(), size[1] // scale, size[0] // scale)
 
-    def noised(
-        self, latents: torch.Tensor, count: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each latent at `count` evenly spread σ with fixed noise: (noisy, σ)."""
-        spread = torch.linspace(0, 1, count + 2)[1:-1]
-        rows = latents.repeat_interleave(count, dim=0)
-        noise = torch.randn(rows.shape, generator=generator).to(rows.device)
-        sigmas = spread.repeat(latents.shape[0]).to(rows.device)
-        return add_noise(rows, noise, sigmas), sigmas
+    def levels(self, count: int) -> torch.Tensor:
+        """`count` σ evenly spread in (0, 1)."""
+        return torch.linspace(0, 1, count + 2)[1:-1]
+
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """The rectified-flow line (1 − σ)·x + σ·noise."""
+        return add_noise(latents, noise, t)
 
     def predict(
         self,

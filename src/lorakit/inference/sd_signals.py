@@ -68,15 +68,14 @@ class SDSignals:
         )
         return out.images.float()
 
-    def noised(
-        self, latents: torch.Tensor, count: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each latent at `count` evenly spread timesteps with fixed noise: (noisy, t)."""
-        spread = torch.linspace(0, self.objective.num_timesteps - 1, count + 2)[1:-1].long()
-        rows = latents.repeat_interleave(count, dim=0)
-        noise = torch.randn(rows.shape, generator=generator).to(rows.device)
-        t = spread.repeat(latents.shape[0]).to(rows.device)
-        return self.objective.add_noise(rows, noise, t), t
+    def levels(self, count: int) -> torch.Tensor:
+        """`count` timestep indices evenly spread inside the schedule."""
+        return torch.linspace(0, self.objective.num_timesteps - 1, count + 2)[1:-1].long()
+
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        return self.objective.add_noise(latents, noise, t)
 
     def predict(
         self,

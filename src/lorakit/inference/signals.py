@@ -75,10 +75,15 @@ class SignalModel(Protocol):
         """Latents drawn for `prompts` (seeds seed, seed + 1, …) with the LoRA applied now."""
         ...
 
-    def noised(
-        self, latents: torch.Tensor, count: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noisy rows, their timesteps): each latent at `count` fixed noise levels."""
+    def levels(self, count: int) -> torch.Tensor:
+        """`count` noise levels evenly spread over the schedule (SD's timestep indices,
+        FLUX.1's σ), as `add_noise` and `predict` take them."""
+        ...
+
+    def add_noise(
+        self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """`latents` noised with `noise` at levels `t`, as training noises them."""
         ...
 
     def predict(
@@ -141,6 +146,17 @@ def _same_size(items: Sequence[TrainItem], limit: int) -> list[TrainItem]:
     return [it for it in items if (it.bucket.width, it.bucket.height) == size][:limit]
 
 
+def _noised(
+    family: SignalModel, latents: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy rows, their levels): each latent at TIMESTEPS of the family's noise levels,
+    with fixed noise, so every epoch sees the same inputs."""
+    rows = latents.repeat_interleave(TIMESTEPS, dim=0)
+    noise = torch.randn(rows.shape, generator=generator).to(rows.device)
+    t = family.levels(TIMESTEPS).repeat(latents.shape[0]).to(rows.device)
+    return family.add_noise(rows, noise, t), t
+
+
 def _encoded(family: SignalModel, items: Sequence[TrainItem]) -> torch.Tensor:
     model = family.model
     return torch.cat([encode_latents(model, load_pixels(it, False).unsqueeze(0)) for it in items])
@@ -184,7 +200,7 @@ def build_probe(family: SignalModel, config: TrainConfig, trigger: str, cls: str
     names = (trigger, cls)
     latents, rows_of, captions, source = _world(family, items, shown[0], names)
     generator = torch.Generator().manual_seed(SEED)
-    noisy, t = family.noised(latents.to(family.device), TIMESTEPS, generator)
+    noisy, t = _noised(family, latents.to(family.device), generator)
     per_image = [prompt_kinds(c, *names) for c in captions]
     prompts = {k: [p[k] for p in per_image for _ in range(TIMESTEPS)] for k in KINDS}
     rows = [it for it in rows_of for _ in range(TIMESTEPS)]
